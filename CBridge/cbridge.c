@@ -1,0 +1,1 @@
+#include "grpo_swift.h"

@@ -1,0 +1,72 @@
+// Worker-thread count and a deterministic parallel-for over fixed chunks.
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Thread count used by the kernels. Initialised lazily from GRPO_SWIFT_NUM_THREADS or the
+/// number of online CPUs. Work is always split into the same chunks whatever the count, and
+/// reductions combine per-chunk partials in chunk order, so results never depend on it.
+public enum Parallel {
+    static let configured = Atomic<Int>(0)
+
+    public static var numThreads: Int {
+        let n = configured.load(ordering: .relaxed)
+        if n > 0 { return n }
+        let initial = defaultThreads()
+        configured.store(initial, ordering: .relaxed)
+        return initial
+    }
+
+    /// Sets the thread count (n >= 1).
+    public static func setNumThreads(_ n: Int) throws(GRPOError) {
+        guard n >= 1 else { throw GRPOError(.value, "num_threads must be >= 1, got \(n)") }
+        configured.store(n, ordering: .relaxed)
+    }
+
+    static func defaultThreads() -> Int {
+        if let raw = getenv("GRPO_SWIFT_NUM_THREADS") {
+            let s = String(cString: raw)
+            if let v = Int(s), v >= 1 { return v }
+        }
+        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return cpus >= 1 ? Int(cpus) : 1
+    }
+
+    /// Runs `body(chunkIndex, range)` for `count` items split into chunks of `chunkSize`
+    /// (the split does not depend on the thread count). Chunks may run concurrently.
+    public static func forEachChunk(
+        count: Int, chunkSize: Int, _ body: (Int, Range<Int>) -> Void
+    ) {
+        guard count > 0 else { return }
+        let size = max(1, chunkSize)
+        let chunks = (count + size - 1) / size
+        let threads = min(numThreads, chunks)
+        if threads <= 1 {
+            for c in 0..<chunks { body(c, (c * size)..<min(count, (c + 1) * size)) }
+            return
+        }
+        // Each worker takes chunks c = w, w + threads, ... : a static schedule.
+        // Chunks write disjoint outputs by contract of the callers, so sharing `body`
+        // across the workers is safe although the closure type is not Sendable.
+        withoutActuallyEscaping(body) { body in
+            let shared = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: threads) { w in
+                var c = w
+                while c < chunks {
+                    shared.value(c, (c * size)..<min(count, (c + 1) * size))
+                    c += threads
+                }
+            }
+        }
+    }
+}
+
+
+/// Carries a value into a concurrent closure; the user guarantees data-race freedom
+/// (here: each chunk writes only its own part of the outputs).
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
