@@ -1,8 +1,7 @@
 """Group-relative advantages (TRL 1.16 GRPOTrainer semantics), computed in Swift."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal, NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -14,10 +13,11 @@ Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
 
 _SCALE = {"group": 0, "batch": 1, "none": 2}
 _AGGREGATION = {"sum_then_normalize": 0, "normalize_then_sum": 1}
+_AGGREGATION_NAMES = tuple(_AGGREGATION)
+_SCALE_NAMES = tuple(_SCALE)
 
 
-@dataclass(frozen=True)
-class AdvantagesResult:
+class AdvantagesResult(NamedTuple):
     """Per-row advantages and the statistics they were normalised with.
 
     advantages:  (N,) the advantage of each completion (0 for unscorable rows).
@@ -46,7 +46,7 @@ def _scale_name(scale_rewards: ScaleRewards) -> str:
         return "group"
     if scale_rewards is False:
         return "none"
-    return choice(scale_rewards, "group_advantages", "scale_rewards", ("group", "batch", "none"))
+    return choice(scale_rewards, "group_advantages", "scale_rewards", _SCALE_NAMES)
 
 
 def group_advantages(
@@ -82,26 +82,25 @@ def group_advantages(
     r = float_array(rewards, fn, "rewards", ndim=(1, 2))
     g = integer(num_generations, fn, "num_generations", minimum=2)
     scale = _scale_name(scale_rewards)
-    agg = choice(multi_objective_aggregation, fn, "multi_objective_aggregation", tuple(_AGGREGATION))
-    if r.shape[0] == 0 or r.size == 0:
+    agg = choice(multi_objective_aggregation, fn, "multi_objective_aggregation", _AGGREGATION_NAMES)
+    if r.size == 0:
         raise ValueError(f"{fn}(): argument 'rewards' must not be empty, got shape {r.shape}")
     if r.shape[0] % g:
         raise ValueError(f"{fn}(): the number of rows of 'rewards' ({r.shape[0]}) must be a multiple "
                          f"of num_generations ({g})")
-    r2 = r.reshape(r.shape[0], -1) if r.ndim == 1 else r
+    num_funcs = 1 if r.ndim == 1 else r.shape[1]
     w = None
     if reward_weights is not None:
         # A few weights: cast to the rewards' dtype (TRL keeps them as float32 too).
         w = np.ascontiguousarray(float_array(reward_weights, fn, "reward_weights", ndim=(1,)), dtype=r.dtype)
-        if w.shape[0] != r2.shape[1]:
+        if w.shape[0] != num_funcs:
             raise ValueError(f"{fn}(): argument 'reward_weights' must have one weight per reward "
-                             f"function ({r2.shape[1]}), got {w.shape[0]}")
+                             f"function ({num_funcs}), got {w.shape[0]}")
         if not np.all(np.isfinite(w)):
             raise ValueError(f"{fn}(): argument 'reward_weights' must be finite, got {w.tolist()}")
-    n = r2.shape[0]
-    adv = np.empty(n, dtype=r.dtype)
-    mean = np.empty(n, dtype=r.dtype)
-    std = np.empty(n, dtype=r.dtype)
+    n = r.shape[0]
+    out = np.empty((3, n), dtype=r.dtype)  # one allocation: advantages, mean, std
     zero = np.empty(n, dtype=np.bool_)
-    _native.group_advantages(r2, w, g, _SCALE[scale], _AGGREGATION[agg], adv, mean, std, zero)
+    adv, mean, std = out
+    _native.group_advantages(r, w, g, _SCALE[scale], _AGGREGATION[agg], adv, mean, std, zero)
     return AdvantagesResult(adv, mean, std, zero)

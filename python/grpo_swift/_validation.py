@@ -6,7 +6,7 @@ TypeError for a wrong kind or dtype, ValueError for shapes and values.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
-def float_array(x: Any, func: str, arg: str, *, ndim: Iterable[int] | None = None,
+def float_array(x: Any, func: str, arg: str, *, ndim: tuple[int, ...] | None = None,
                 dtypes: Sequence[np.dtype] = FLOAT_DTYPES, dtype: np.dtype | None = None) -> np.ndarray:
     """Returns `x` as a C-contiguous float array (no copy when it already is one).
 
@@ -27,6 +27,10 @@ def float_array(x: Any, func: str, arg: str, *, ndim: Iterable[int] | None = Non
     sequences of numbers become float64 (or `dtype` when given). `dtype` forces the
     result dtype (used for arguments that must match another array's dtype).
     """
+    # Fast path: already a C-contiguous ndarray of an accepted dtype.
+    if type(x) is np.ndarray and x.flags.c_contiguous and x.dtype in dtypes and (
+            dtype is None or x.dtype == dtype) and (ndim is None or x.ndim in ndim):
+        return x
     if x is None:
         raise TypeError(f"{func}(): argument '{arg}' must be a float array, got None")
     if isinstance(x, (str, bytes)):
@@ -50,16 +54,15 @@ def float_array(x: Any, func: str, arg: str, *, ndim: Iterable[int] | None = Non
         raise TypeError(f"{func}(): argument '{arg}' must have dtype {dtype} (the dtype of the other "
                         f"inputs), got {arr.dtype}")
     if ndim is not None:
-        ndims = tuple(ndim)
-        if arr.ndim not in ndims:
-            want = " or ".join(f"{d}-D" for d in ndims)
+        if arr.ndim not in ndim:
+            want = " or ".join(f"{d}-D" for d in ndim)
             raise ValueError(f"{func}(): argument '{arg}' must be {want}, got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
 def choice(value: Any, func: str, arg: str, choices: Sequence[str]) -> str:
     """Checks that `value` is one of `choices` (strings); the message lists them."""
-    if not isinstance(value, str) or value not in choices:
+    if value.__class__ is not str or value not in choices:
         listed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{func}(): argument '{arg}' must be one of {listed}, got {value!r}")
     return value
@@ -67,7 +70,7 @@ def choice(value: Any, func: str, arg: str, choices: Sequence[str]) -> str:
 
 def integer(value: Any, func: str, arg: str, *, minimum: int | None = None) -> int:
     """Checks that `value` is an int (not a bool), optionally >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if value.__class__ is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"{func}(): argument '{arg}' must be an int, got {type(value).__name__}")
     v = int(value)
     if minimum is not None and v < minimum:

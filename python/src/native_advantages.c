@@ -4,7 +4,7 @@
 /*
  * group_advantages(rewards, reward_weights, num_generations, scale_rewards, aggregation,
  *                  out_advantages, out_mean, out_std, out_is_std_zero) -> None
- * rewards: C-contiguous 2-D (N, F) float32 or float64; reward_weights: (F,) same dtype or None;
+ * rewards: C-contiguous (N,) or (N, F) float32 or float64; reward_weights: (F,) same dtype or None;
  * outputs: (N,) of the rewards dtype, is_std_zero (N,) bool.
  */
 static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -22,8 +22,13 @@ static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_
 
     gs_buffers set = {.count = 0};
     PyObject *result = NULL;
-    Py_buffer *rewards = gs_acquire(&set, args[0], fn, "rewards", GS_ANY_FLOAT, 2, 0, 0);
+    Py_buffer *rewards = gs_acquire(&set, args[0], fn, "rewards", GS_ANY_FLOAT, -1, 0, 0);
     if (!rewards) goto exit;
+    if (rewards->ndim != 1 && rewards->ndim != 2) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument 'rewards' must be 1-D (N,) or 2-D (N, F), got %d dimensions",
+                     fn, rewards->ndim);
+        goto exit;
+    }
     int dtype = gs_float_dtype(rewards);
     if (dtype != GRPO_F32 && dtype != GRPO_F64) {
         PyErr_Format(PyExc_TypeError, "%s(): argument 'rewards' must be float32 or float64", fn);
@@ -37,7 +42,7 @@ static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_
     Py_buffer *zero = std ? gs_acquire(&set, args[8], fn, "out_is_std_zero", GS_BOOL, 1, 1, 0) : NULL;
     if (!zero) goto exit;
 
-    Py_ssize_t n = rewards->shape[0], f = rewards->shape[1];
+    Py_ssize_t n = rewards->shape[0], f = rewards->ndim == 2 ? rewards->shape[1] : 1;
     if (weights->buf && weights->shape[0] != f) {
         PyErr_Format(PyExc_ValueError, "%s(): argument 'reward_weights' must have %zd elements, got %zd",
                      fn, f, weights->shape[0]);
