@@ -180,7 +180,7 @@ public enum PolicyLoss {
         let lamPos = Swift.max(R(Float(cfg.vespoLambdaPos)), R(Float(1e-4)))
         let lamNeg = Swift.max(R(Float(cfg.vespoLambdaNeg)), R(Float(1e-4)))
         let logLow = R(-18.420680743952367)  // math.log(1e-8)
-        let beta = R(cfg.beta), betaD = cfg.beta
+        let betaD = cfg.beta
         let useKL = inp.refLogps != nil
         let bias = cfg.useBiasCorrectionKL
         let sequence = cfg.importanceSamplingLevel == .sequence

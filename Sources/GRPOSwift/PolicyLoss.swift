@@ -146,6 +146,13 @@ public struct PolicyLossMetrics: Sendable, Equatable {
     public var numEntropyTokens = 0.0
     public var numOffPolicyDropped = 0.0
     public init() {}
+
+    /// Every field, in declaration order (for bitwise comparisons and logging).
+    public var allValues: [Double] {
+        [loss, policyLoss, policyTerm, klTerm, entropyTerm, kl, entropy, clipRatioLowMean,
+         clipRatioHighMean, clipRatioRegionMean, clipRatioLowMin, clipRatioHighMax, cispoClipRatio,
+         vespoPhiSeqMean, numTokens, numEntropyTokens, numOffPolicyDropped]
+    }
 }
 
 // MARK: - Element types
