@@ -457,19 +457,21 @@ public enum PolicyLoss {
         return m
     }
 
-    /// torch.quantile(values, q) with linear interpolation, computed as ATen does in float32:
-    /// rank = q (n - 1), lerp between the neighbours. nil when `values` is empty; NaN when a
-    /// value is NaN (torch propagates it).
+    /// torch.quantile(values, q) with linear interpolation, reproducing torch 2.x on CPU
+    /// bit for bit (checked against it on random inputs): q is rounded to float32, the rank
+    /// q (n - 1) is formed in double, the weight rounded to float32, and the lerp is fused:
+    /// a + w (b - a) for w < 0.5, else b - (b - a)(1 - w). nil when `values` is empty; NaN
+    /// when a value is NaN (torch propagates it).
     static func torchQuantile(_ values: inout [Float], _ q: Float) -> Float? {
         guard !values.isEmpty else { return nil }
         if values.contains(where: { $0.isNaN }) { return .nan }
         values.sort()
-        let rank = q * Float(values.count - 1)
+        let rank = Double(q) * Double(values.count - 1)
         let below = Swift.max(0, Swift.min(values.count - 1, Int(rank)))
         let above = Swift.max(0, Swift.min(values.count - 1, Int(rank.rounded(.up))))
-        let weight = rank - Float(below)
+        let weight = Float(rank - Double(below))
         let a = values[below], b = values[above]
-        // at::lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w).
-        return Swift.abs(weight) < 0.5 ? a + weight * (b - a) : b - (b - a) * (1 - weight)
+        let d = b - a
+        return Swift.abs(weight) < 0.5 ? a.addingProduct(weight, d) : b.addingProduct(-d, 1 - weight)
     }
 }
