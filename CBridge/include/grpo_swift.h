@@ -153,7 +153,8 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  *   grpo/bnpo/dr_grpo/dapo/luspo: c2 = clamp(r, 1-epsilon, 1+epsilon_high),
  *        c1 = r (min(r, delta) when use_delta), l = -min(c1 A, c2 A)
  *        (torch.min/clamp gradients: a tie sends half of the gradient to each branch;
- *        clamp passes the gradient on its closed interval).
+ *        clamp passes the gradient only strictly inside its bounds, so a ratio exactly on
+ *        a clip boundary gets half the unclipped gradient).
  *   cispo: l = -sg(min(r, epsilon_high)) A lp
  *   sapo:  tau = sapo_temperature_pos if A > 0 else _neg; l = -(4/tau) sigmoid(tau (r-1)) A
  *   vespo: s_i = sum_t clamp(log_ratio, -20, 20) m (+ sum_t clamp(log IS, log 1e-8, 20) m),

@@ -284,9 +284,10 @@ public enum PolicyLoss {
                         switch lossType {
                         case .grpo, .bnpo, .drGRPO, .dapo, .luspo:
                             var c1 = r, dc1: R = 1
-                            if useDelta && !(r <= delta) { c1 = r.isNaN ? r : delta; dc1 = 0 }
+                            // torch.clamp passes the gradient only strictly inside its bounds.
+                            if useDelta && !(r < delta) { c1 = r.isNaN ? r : delta; dc1 = 0 }
                             let c2 = Swift.min(Swift.max(r, lo), hi)
-                            let dc2: R = (r >= lo && r <= hi) ? 1 : 0
+                            let dc2: R = (r > lo && r < hi) ? 1 : 0
                             let v1 = c1 * a, v2 = c2 * a
                             let g: R
                             if v1.isNaN || v2.isNaN { l = .nan; g = .nan }

@@ -176,6 +176,22 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
         #expect(m.policyTerm == 0 && m.klTerm == 0 && m.kl == 0)
     }
 
+    /// A ratio exactly on a clip boundary: torch.clamp passes no gradient at its bounds and
+    /// torch.min splits a tie, so the token gets half the unclipped gradient.
+    @Test func ratioOnClipBoundaryGetsHalfGradient() throws {
+        var p = LossProblem(B: 2, T: 3, seed: 3)
+        p.adv = [0.75, -0.5]
+        p.mask = [1, 1, 1, 1, 1, 0]
+        var cfg = makeConfig(.grpo, .token)
+        cfg.epsilon = 0; cfg.epsilonHigh = 0  // ratio 1 sits on both bounds
+        let r = try lossRun(p, cfg, old: .some(p.lp))
+        for t in 0..<3 { #expect(r.grad[t] == -0.75 / 6 / 2) }
+        for t in 3..<5 { #expect(r.grad[t] == 0.5 / 4 / 2) }
+        cfg.epsilon = 0.2; cfg.epsilonHigh = 0.2; cfg.delta = 1  // ratio 1 on the delta cap
+        let d = try lossRun(p, cfg, old: .some(p.lp))
+        for t in 0..<3 { #expect(d.grad[t] == -0.75 / 6 / 2) }
+    }
+
     /// A positive advantage pushes its log-prob up (negative gradient of the loss).
     @Test(arguments: LossType.allCases)
     func gradientSign(_ type: LossType) throws {
