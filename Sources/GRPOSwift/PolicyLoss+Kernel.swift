@@ -97,15 +97,26 @@ public enum PolicyLoss {
             badRow.withUnsafeMutableBufferPointer { bad in
                 Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
                     for i in rows {
-                        var c = 0, orBits: UInt8 = 0
+                        // 8 bytes at a time: with 0/1 bytes the popcount is the count.
+                        var c = 0, orBits: UInt64 = 0
                         let base = i * T
-                        for t in 0..<T {
+                        var t = 0
+                        if let p = mask.baseAddress {
+                            while t + 8 <= T {
+                                let v = UnsafeRawPointer(p + base + t).loadUnaligned(as: UInt64.self)
+                                c &+= v.nonzeroBitCount
+                                orBits |= v
+                                t += 8
+                            }
+                        }
+                        while t < T {
                             let v = mask[base + t]
-                            c &+= Int(v & 1)
-                            orBits |= v
+                            c &+= v.nonzeroBitCount
+                            orBits |= UInt64(v)
+                            t += 1
                         }
                         len[i] = c
-                        bad[i] = orBits > 1
+                        bad[i] = orBits & ~0x0101_0101_0101_0101 != 0
                     }
                 }
             }
@@ -193,6 +204,24 @@ public enum PolicyLoss {
         // Row-shaped metric indicators (clip low/high, cispo, phi) per row, TRL's (B,1) case.
         var rowInd = [Double](repeating: 0, count: B * 4)
 
+        // The SIMD fast path (PolicyLoss+Fast.swift) covers the most common configuration.
+        let fast = S.self == Float.self && T > 0 && !sequence && lossType.isClipped && !advPerToken
+            && inp.importanceSamplingRatio == nil && !offPolicy && !useEntropyMask
+        let fastParams = FastPolicyLoss.Params(
+            lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
+            delta: Float(cfg.delta ?? 0), useDelta: useDelta, beta: Float(cfg.beta), bias: bias,
+            useKL: useKL)
+        @inline(__always) func floats(_ b: UnsafeBufferPointer<S>?) -> UnsafePointer<Float>? {
+            b?.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }
+        }
+        @inline(__always) func mutableFloats(_ b: UnsafeMutableBufferPointer<R>?) -> UnsafeMutablePointer<Float>? {
+            b?.baseAddress.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self) }
+        }
+        let fLp = floats(inp.logps), fOld = floats(inp.oldLogps), fRef = floats(inp.refLogps)
+        let fEnt = floats(inp.entropies)
+        let fGrad = mutableFloats(grad), fGradH = mutableFloats(gradEntropies)
+        let fMask = mask.baseAddress
+
         stats.withUnsafeMutableBufferPointer { st in
         rowInd.withUnsafeMutableBufferPointer { ind in
         rowLen.withUnsafeBufferPointer { rowLen in
@@ -203,6 +232,23 @@ public enum PolicyLoss {
                     let invL = 1 / Double(Swift.max(L, 1))
                     let w = rowWeight(L)
                     let aRow: R = advPerToken ? 0 : inp.advantages.value(i, as: R.self)
+                    if fast, let fLp, let fMask {
+                        let lpRow = fLp + base
+                        let sums = FastPolicyLoss.row(
+                            lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
+                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow), w: w,
+                            p: fastParams, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
+                            gradHValue: Float(entropyGrad))
+                        let o = i * RowStat.count
+                        st[o + RowStat.policy] = sums.policy
+                        st[o + RowStat.kl] = sums.kl
+                        st[o + RowStat.entropy] = sums.entropy
+                        st[o + RowStat.entropyEff] = sums.entropy
+                        st[o + RowStat.low] = sums.low
+                        st[o + RowStat.high] = sums.high
+                        st[o + RowStat.region] = sums.region
+                        continue
+                    }
 
                     // Row statistics.
                     var slr = 0.0, sv = 0.0, skl = 0.0
@@ -326,8 +372,8 @@ public enum PolicyLoss {
 
                         if useKL, let ref = inp.refLogps {
                             let d = ref[k].real - lp
-                            let em1 = R.expm1(d)
-                            var kl = em1 - d
+                            let (em1, kl0) = R.expm1AndKL(d)
+                            var kl = kl0
                             var dkl = -em1
                             if bias {
                                 if sequence {

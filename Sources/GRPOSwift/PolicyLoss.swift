@@ -162,6 +162,8 @@ public protocol LossReal: BinaryFloatingPoint, Sendable {
     static func exp(_ x: Self) -> Self
     static func expm1(_ x: Self) -> Self
     static func log(_ x: Self) -> Self
+    /// (e^x - 1, e^x - 1 - x): the k3 KL term and its derivative's building block.
+    static func expm1AndKL(_ x: Self) -> (expm1: Self, kl: Self)
     init(_ x: Double)
     init(_ x: Float)
     /// Wraps a buffer of this type as AuxValues.
@@ -169,8 +171,11 @@ public protocol LossReal: BinaryFloatingPoint, Sendable {
 }
 
 extension Float: LossReal {
-    @inline(__always) public static func exp(_ x: Float) -> Float { Glibc.expf(x) }
-    @inline(__always) public static func expm1(_ x: Float) -> Float { Glibc.expm1f(x) }
+    @inline(__always) public static func exp(_ x: Float) -> Float { FastMath.exp(x) }
+    @inline(__always) public static func expm1(_ x: Float) -> Float { FastMath.expm1AndKL(x).expm1 }
+    @inline(__always) public static func expm1AndKL(_ x: Float) -> (expm1: Float, kl: Float) {
+        FastMath.expm1AndKL(x)
+    }
     @inline(__always) public static func log(_ x: Float) -> Float { Glibc.logf(x) }
     public static func auxValues(_ b: UnsafeBufferPointer<Float>) -> AuxValues { .f32(b) }
 }
@@ -178,6 +183,10 @@ extension Float: LossReal {
 extension Double: LossReal {
     @inline(__always) public static func exp(_ x: Double) -> Double { Glibc.exp(x) }
     @inline(__always) public static func expm1(_ x: Double) -> Double { Glibc.expm1(x) }
+    @inline(__always) public static func expm1AndKL(_ x: Double) -> (expm1: Double, kl: Double) {
+        let e = Glibc.expm1(x)
+        return (e, e - x)
+    }
     @inline(__always) public static func log(_ x: Double) -> Double { Glibc.log(x) }
     public static func auxValues(_ b: UnsafeBufferPointer<Double>) -> AuxValues { .f64(b) }
 }

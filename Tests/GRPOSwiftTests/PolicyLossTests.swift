@@ -425,3 +425,63 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
         #expect(out16.0.loss == f32.loss && out16.1 == f32.grad)
     }
 }
+
+@Suite struct FastPathTests {
+    /// FastMath.exp / expm1AndKL against Double references: relative error within a few ulp.
+    @Test func fastMathAccuracy() {
+        var worstExp = 0.0, worstEm1 = 0.0, worstKL = 0.0
+        var x: Float = -87
+        while x < 88 {
+            let ref = Double.exp(Double(x))
+            worstExp = max(worstExp, abs(Double(FastMath.exp(x)) - ref) / ref)
+            x += 0.0137
+        }
+        var d: Float = -3
+        while d < 3 {
+            let dd = Double(d)
+            let (em1, kl) = FastMath.expm1AndKL(d)
+            let rEm1 = Double.expm1(dd), rKL = rEm1 - dd  // glibc, double
+            if rEm1 != 0 { worstEm1 = max(worstEm1, abs(Double(em1) - rEm1) / abs(rEm1)) }
+            if rKL != 0 { worstKL = max(worstKL, abs(Double(kl) - rKL) / abs(rKL)) }
+            d += 0.000731
+        }
+        #expect(worstExp < 2e-7, "exp rel err \(worstExp)")
+        #expect(worstEm1 < 4e-7, "expm1 rel err \(worstEm1)")
+        #expect(worstKL < 1e-6, "kl rel err \(worstKL)")
+        #expect(FastMath.exp(0) == 1)
+        #expect(FastMath.exp(100) == .infinity && FastMath.exp(-120) == 0)
+        #expect(FastMath.exp(50).isFinite)
+    }
+
+    /// The float32 SIMD path (token level, clipped family) agrees with the Double kernel on
+    /// inputs rounded to float, including partial blocks, masked NaN, delta and bias KL.
+    @Test(arguments: [LossType.grpo, .bnpo, .drGRPO, .dapo, .luspo])
+    func fastPathMatchesDouble(_ type: LossType) throws {
+        for variant in 0..<4 {
+            var p = LossProblem(B: 7, T: 37, seed: 500 + UInt64(variant), spread: 0.4)
+            p.lp = p.lp.map { Double(Float($0)) }; p.old = p.old.map { Double(Float($0)) }
+            p.ref = p.ref.map { Double(Float($0)) }; p.ent = p.ent.map { Double(Float($0)) }
+            p.adv = p.adv.map { Double(Float($0)) }
+            for i in 0..<p.B where i != 1 { for t in 0..<16 { p.mask[i * p.T + t] = 1 } }
+            var cfg = makeConfig(type, .token, beta: variant == 0 ? 0 : 0.04, bias: variant == 2)
+            if variant == 3 { cfg.delta = 1.2 }
+            cfg.entropyCoef = variant == 1 ? 0.05 : 0
+            var dirty = p
+            for k in 0..<(p.B * p.T) where p.mask[k] == 0 { dirty.lp[k] = .nan; dirty.ref[k] = .infinity }
+            let d = try lossRun(p, cfg)
+            let f = try PolicyLoss.compute(
+                batch: p.B, length: p.T, logps: dirty.lp.map { Float($0) }, advantages: p.adv.map { Float($0) },
+                mask: p.mask, oldLogps: p.old.map { Float($0) }, refLogps: dirty.ref.map { Float($0) },
+                entropies: p.ent.map { Float($0) }, config: cfg)
+            #expect(abs(f.loss - d.loss) <= 1e-6 * max(1, abs(d.loss)), "\(type) v\(variant)")
+            for k in 0..<(p.B * p.T) {
+                #expect(abs(Double(f.grad[k]) - d.grad[k]) <= 1e-6 * max(1e-2, abs(d.grad[k])), "\(type) v\(variant) \(k)")
+            }
+            #expect(abs(f.metrics.clipRatioRegionMean - d.metrics.clipRatioRegionMean) < 1e-12)
+            #expect(abs(f.metrics.kl.isNaN ? 0 : f.metrics.kl - d.metrics.kl) < 1e-6)
+            if let gh = f.gradEntropies, let dh = d.gradEntropies {
+                for k in 0..<gh.count { #expect(abs(Double(gh[k]) - dh[k]) < 1e-8) }
+            }
+        }
+    }
+}

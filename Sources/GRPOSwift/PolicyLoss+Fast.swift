@@ -1,0 +1,211 @@
+// SIMD8 fast path of the policy loss for the most common configuration: float32 inputs,
+// token-level ratios, the clipped family (grpo, bnpo, dr_grpo, dapo, luspo), one advantage
+// per row, no vLLM IS ratio, no off-policy mask, no high-entropy mask. Optional: old_logps,
+// ref_logps (k3 KL, bias-corrected or not), delta, entropies (metric and bonus).
+//
+// Blocks of 8 fully valid tokens run in SIMD8<Float> with FMA; partial blocks, and any block
+// whose results are not finite, run through `scalarToken` (the same maths as the generic
+// kernel in PolicyLoss+Kernel.swift, one token at a time). Row sums are accumulated in Double.
+
+typealias F8 = SIMD8<Float>
+
+enum FastPolicyLoss {
+    /// Per-row partials written by `row`.
+    struct RowSums {
+        var policy = 0.0, kl = 0.0, entropy = 0.0, low = 0.0, high = 0.0, region = 0.0
+    }
+
+    struct Params {
+        var lo: Float, hi: Float, delta: Float, useDelta: Bool
+        var beta: Float, bias: Bool, useKL: Bool
+    }
+
+    /// e^x on 8 lanes (see FastMath.exp; the inputs are finite here).
+    @inline(__always)
+    static func exp8(_ x: F8) -> F8 {
+        // Clamp with selects: the stdlib's SIMD clamped/min/max are not inlined (measured).
+        let lowX = F8(repeating: -104), highX = F8(repeating: 89)
+        let xc = x.replacing(with: lowX, where: x .< lowX).replacing(with: highX, where: x .> highX)
+        let magic: Float = 12582912
+        let t = xc * 1.44269504 + magic
+        let n = t - magic
+        var r = xc.addingProduct(-n, F8(repeating: 0.693145752))
+        r = r.addingProduct(-n, F8(repeating: 1.42860677e-06))
+        var p = F8(repeating: 1.0 / 5040)
+        p = F8(repeating: 1.0 / 720).addingProduct(p, r)
+        p = F8(repeating: 1.0 / 120).addingProduct(p, r)
+        p = F8(repeating: 1.0 / 24).addingProduct(p, r)
+        p = F8(repeating: 1.0 / 6).addingProduct(p, r)
+        p = F8(repeating: 0.5).addingProduct(p, r)
+        p = F8(repeating: 1).addingProduct(p, r)
+        p = F8(repeating: 1).addingProduct(p, r)
+        // n sits in the low mantissa bits of t = 1.5 * 2^23 + n.
+        let ni = unsafeBitCast(t, to: SIMD8<Int32>.self) &- Int32(bitPattern: magic.bitPattern)
+        let n1 = ni &>> 1, n2 = ni &- n1
+        let s1 = unsafeBitCast((n1 &+ 127) &<< 23, to: F8.self)
+        let s2 = unsafeBitCast((n2 &+ 127) &<< 23, to: F8.self)
+        return p * s1 * s2
+    }
+
+    /// (e^d - 1, e^d - 1 - d) on 8 lanes (see FastMath.expm1AndKL).
+    @inline(__always)
+    static func expm1AndKL8(_ d: F8) -> (F8, F8) {
+        var q = F8(repeating: 1.0 / 39916800)
+        q = F8(repeating: 1.0 / 3628800).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 362880).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 40320).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 5040).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 720).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 120).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 24).addingProduct(q, d)
+        q = F8(repeating: 1.0 / 6).addingProduct(q, d)
+        q = F8(repeating: 0.5).addingProduct(q, d)
+        let klSmall = d * d * q
+        let em1Big = exp8(d) - 1
+        let small = (d .< 1) .& (d .> -1)
+        let em1 = em1Big.replacing(with: d + klSmall, where: small)
+        let kl = (em1Big - d).replacing(with: klSmall, where: small)
+        return (em1, kl)
+    }
+
+    @inline(__always)
+    static func sum8(_ v: F8) -> Double {
+        let d = SIMD8<Double>(v)
+        return d.sum()
+    }
+
+    /// One token, scalar (partial blocks and non-finite blocks). Returns the loss parts and
+    /// writes the gradient; mirrors the clipped branch of the generic kernel.
+    @inline(__always)
+    static func scalarToken(
+        lp: Float, old: Float, ref: Float, a: Float, w: Double, p: Params, sums: inout RowSums
+    ) -> Float {
+        let r = FastMath.exp(lp - old)
+        var c1 = r, dc1: Float = 1
+        if p.useDelta && !(r < p.delta) { c1 = r.isNaN ? r : p.delta; dc1 = 0 }
+        let c2 = Swift.min(Swift.max(r, p.lo), p.hi)
+        let dc2: Float = (r > p.lo && r < p.hi) ? 1 : 0
+        let v1 = c1 * a, v2 = c2 * a
+        let l: Float, g: Float
+        if v1.isNaN || v2.isNaN { l = .nan; g = .nan }
+        else if v1 < v2 { l = -v1; g = a * dc1 }
+        else if v1 > v2 { l = -v2; g = a * dc2 }
+        else { l = -v1; g = a * (dc1 + dc2) / 2 }
+        let isLow = c1 < p.lo && a < 0, isHigh = c1 > p.hi && a > 0
+        if isLow { sums.low += 1 }
+        if isHigh { sums.high += 1 }
+        if isLow || isHigh { sums.region += 1 }
+        sums.policy += Double(l)
+        var gTok = Double(-g * r)
+        if p.useKL {
+            let d = ref - lp
+            let (em1, kl0) = FastMath.expm1AndKL(d)
+            var kl = kl0, dkl = -em1
+            if p.bias { dkl = dkl * r + kl * r; kl = kl * r }
+            sums.kl += Double(kl)
+            gTok += Double(p.beta) * Double(dkl)
+        }
+        return Float(w * gTok)
+    }
+
+    /// Processes row `i` (T tokens at `base`). `old`/`ref` may alias `lp` (old absent: ratio 1;
+    /// ref absent: useKL false). `grad`/`gradH` may be nil.
+    @inline(__always)
+    static func row(
+        lp: UnsafePointer<Float>, old: UnsafePointer<Float>, ref: UnsafePointer<Float>,
+        ent: UnsafePointer<Float>?, mask: UnsafePointer<UInt8>, T: Int, a: Float, w: Double,
+        p: Params, grad: UnsafeMutablePointer<Float>?, gradH: UnsafeMutablePointer<Float>?,
+        gradHValue: Float
+    ) -> RowSums {
+        var sums = RowSums()
+        var polAcc = SIMD8<Double>(), klAcc = SIMD8<Double>(), entAcc = SIMD8<Double>()
+        var lowAcc = F8(), highAcc = F8(), regAcc = F8()
+        let aV = F8(repeating: a)
+        let lo = F8(repeating: p.lo), hi = F8(repeating: p.hi), deltaV = F8(repeating: p.delta)
+        let one = F8(repeating: 1), zero = F8()
+        let wF = Float(w)
+        let betaW = F8(repeating: Float(w) * p.beta)
+        let aNeg = a < 0, aPos = a > 0
+        var t = 0
+        while t + 8 <= T {
+            let m8 = UnsafeRawPointer(mask + t).loadUnaligned(as: UInt64.self)
+            if m8 == 0 {
+                if let g = grad { UnsafeMutableRawPointer(g + t).storeBytes(of: F8(), as: F8.self) }
+                if let gh = gradH { UnsafeMutableRawPointer(gh + t).storeBytes(of: F8(), as: F8.self) }
+                t += 8
+                continue
+            }
+            var handled = false
+            if m8 == 0x0101_0101_0101_0101 {
+                let x = UnsafeRawPointer(lp + t).loadUnaligned(as: F8.self)
+                let o = UnsafeRawPointer(old + t).loadUnaligned(as: F8.self)
+                let r = exp8(x - o)
+                var c1 = r, dc1 = one
+                if p.useDelta {
+                    c1 = r.replacing(with: deltaV, where: r .>= deltaV)
+                    dc1 = one.replacing(with: zero, where: r .>= deltaV)
+                }
+                let c2 = r.replacing(with: lo, where: r .< lo).replacing(with: hi, where: r .> hi)
+                let dc2 = zero.replacing(with: one, where: (r .> lo) .& (r .< hi))
+                let v1 = c1 * aV, v2 = c2 * aV
+                let g = (aV * (dc1 + dc2) * 0.5)
+                    .replacing(with: aV * dc1, where: v1 .< v2)
+                    .replacing(with: aV * dc2, where: v1 .> v2)
+                let l = -v1.replacing(with: v2, where: v2 .< v1)
+                var gTok = -g * r
+                var klv = zero
+                if p.useKL {
+                    let rf = UnsafeRawPointer(ref + t).loadUnaligned(as: F8.self)
+                    let d = rf - x
+                    let (em1, kl0) = expm1AndKL8(d)
+                    var dkl = -em1
+                    klv = kl0
+                    if p.bias { dkl = dkl * r + kl0 * r; klv = kl0 * r }
+                    gTok = gTok * wF + betaW * dkl
+                } else {
+                    gTok = gTok * wF
+                }
+                // Every lane finite: commit; otherwise redo the block in scalar code.
+                let chk = l + klv + gTok
+                let nanIfNotFinite = chk - chk
+                if !any(nanIfNotFinite .!= nanIfNotFinite) {
+                    polAcc += SIMD8<Double>(l)
+                    klAcc += SIMD8<Double>(klv)
+                    if aNeg { let isLow = c1 .< lo; lowAcc += zero.replacing(with: one, where: isLow); regAcc += zero.replacing(with: one, where: isLow) }
+                    if aPos { let isHigh = c1 .> hi; highAcc += zero.replacing(with: one, where: isHigh); regAcc += zero.replacing(with: one, where: isHigh) }
+                    if let gp = grad { UnsafeMutableRawPointer(gp + t).storeBytes(of: gTok, as: F8.self) }
+                    if let e = ent { entAcc += SIMD8<Double>(UnsafeRawPointer(e + t).loadUnaligned(as: F8.self)) }
+                    if let gh = gradH {
+                        UnsafeMutableRawPointer(gh + t).storeBytes(of: F8(repeating: gradHValue), as: F8.self)
+                    }
+                    handled = true
+                }
+            }
+            if !handled {
+                for k in t..<(t + 8) { scalarAt(k) }
+            }
+            t += 8
+        }
+        while t < T { scalarAt(t); t += 1 }
+
+        @inline(__always) func scalarAt(_ k: Int) {
+            if mask[k] == 0 {
+                grad?[k] = 0
+                gradH?[k] = 0
+                return
+            }
+            let g = scalarToken(lp: lp[k], old: old[k], ref: ref[k], a: a, w: w, p: p, sums: &sums)
+            grad?[k] = g
+            if let e = ent { sums.entropy += Double(e[k]) }
+            gradH?[k] = gradHValue
+        }
+
+        sums.policy += polAcc.sum()
+        sums.kl += klAcc.sum()
+        sums.entropy += entAcc.sum()
+        sums.low += Double(lowAcc.sum())
+        sums.high += Double(highAcc.sum())
+        sums.region += Double(regAcc.sum())
+        return sums
+    }
+}
