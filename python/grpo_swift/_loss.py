@@ -9,6 +9,7 @@ that bring their own validated buffers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -127,22 +128,28 @@ class LossConfig:
     entropy_coef: float = 0.0
 
     def __post_init__(self) -> None:
-        checked = _check_options("LossConfig", dataclasses.asdict(self))
+        checked = _check_options("LossConfig", {n: getattr(self, n) for n in _FIELD_NAMES})
         for k, v in checked.items():
             object.__setattr__(self, k, v)
         object.__setattr__(self, "_native_args", self._native_tuple())
 
     @classmethod
     def from_options(cls, fn: str, **options: Any) -> "LossConfig":
-        """Builds a config from keyword options, raising errors that name `fn`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
+        """Builds a config from keyword options, raising errors that name `fn`. Validated
+        configs are cached (a loss call in a training loop pays for validation once)."""
+        unknown = [k for k in options if k not in _FIELD_SET]
         if unknown:
-            raise TypeError(f"{fn}(): unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                            f"valid options: {', '.join(sorted(names))}")
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        defaults.update(options)
-        return cls(**_check_options(fn, defaults))
+            raise TypeError(f"{fn}(): unexpected keyword argument(s) {', '.join(map(repr, sorted(unknown)))}; "
+                            f"valid options: {', '.join(sorted(_FIELD_NAMES))}")
+        values = dict(_DEFAULTS)
+        values.update(options)
+        values["num_items_in_batch"] = _count(values["num_items_in_batch"], fn, "num_items_in_batch")
+        try:
+            key = tuple((type(values[n]), values[n]) for n in _FIELD_NAMES)
+            hash(key)
+        except TypeError:  # an unhashable (hence invalid) option: validate to get the message
+            return _build_config(fn, tuple((None, values[n]) for n in _FIELD_NAMES))
+        return _build_config(fn, key)
 
     def replace(self, **changes: Any) -> "LossConfig":
         """A copy with some options changed (validated)."""
@@ -178,6 +185,21 @@ class LossConfig:
         elif self.loss_type == "vespo":
             names.append("vespo/phi_seq_mean")
         return tuple(names)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(LossConfig))
+_FIELD_SET = frozenset(_FIELD_NAMES)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LossConfig)}
+
+
+@functools.lru_cache(maxsize=512)
+def _build_config(fn: str, key: tuple) -> LossConfig:
+    checked = _check_options(fn, {n: v for n, (_, v) in zip(_FIELD_NAMES, key)})
+    cfg = object.__new__(LossConfig)
+    for k, v in checked.items():
+        object.__setattr__(cfg, k, v)
+    object.__setattr__(cfg, "_native_args", cfg._native_tuple())
+    return cfg
 
 
 @dataclass(frozen=True)
