@@ -179,9 +179,16 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  * torch.quantile (linear interpolation, float32) of the valid entropies at 1 - top_entropy_quantile.
  *
  * Masked positions (m = 0) never affect anything, whatever they hold (NaN/inf included); a fully
- * masked batch gives loss 0 and gradient 0. Deviation from TRL (documented): vespo sums the log
- * IS ratio over valid tokens only (TRL sums all T; identical when padding holds ratio 1, as TRL's
- * own pipeline produces).
+ * masked batch gives loss 0 and gradient 0. Deviations from TRL (both only where TRL would read
+ * masked positions): vespo sums the log IS ratio over valid tokens only (TRL sums all T;
+ * identical when padding holds ratio 1, as TRL's own pipeline produces); with T == 1 the
+ * metrics are token means over valid tokens (TRL's (B,1) branch averages every row).
+ * Metrics follow TRL's shapes otherwise: with sequence-level ratios and per-row advantages the
+ * clip ratios / cispo_clip_ratio are means over all B rows; vespo/phi_seq_mean is a mean over
+ * rows for per-row advantages, over valid tokens for (B,T) advantages.
+ * Precision: the per-token maths runs in float for f32/bf16/f16 inputs (a SIMD8 path with
+ * FMA polynomial exp/expm1, a few ulp, covers float32 token-level clipped losses), in double
+ * for f64; k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1; parity within tolerance).
  */
 
 /** Loss variants (TRL's `loss_type`). */
