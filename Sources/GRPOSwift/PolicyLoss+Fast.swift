@@ -61,8 +61,9 @@ enum FastPolicyLoss {
         q = F8(repeating: 1.0 / 6).addingProduct(q, d)
         q = F8(repeating: 0.5).addingProduct(q, d)
         let klSmall = d * d * q
-        let em1Big = exp8(d) - 1
         let small = (d .< 1) .& (d .> -1)
+        if all(small) { return (d + klSmall, klSmall) }  // the common case: skip the exp
+        let em1Big = exp8(d) - 1
         let em1 = em1Big.replacing(with: d + klSmall, where: small)
         let kl = (em1Big - d).replacing(with: klSmall, where: small)
         return (em1, kl)
