@@ -315,7 +315,8 @@ def grpo_loss(
             the normalisation of TRL's training step (see LossConfig).
         importance_sampling_ratio: vLLM IS ratio (B, T), (B, 1) or (B,); multiplies the
             per-token loss (not for vespo, which folds it into its weight).
-        sampling_logps: (B, T) sampler log-probs for the off-policy mask (default old_logps).
+        sampling_logps: (B, T) sampler log-probs for the off-policy mask (default old_logps;
+            read only when off_policy_mask_threshold is set, as in TRL).
         entropies: (B, T) per-token entropies: needed for top_entropy_quantile < 1 and
             entropy_coef != 0; gives the `entropy` metric.
         compute_grad: False skips the gradients.

@@ -199,3 +199,16 @@ def test_thread_count_and_concurrency_do_not_change_bits():
     for t in threads:
         t.join()
     assert all(o.loss == one.loss and np.array_equal(o.grad, one.grad) for o in out)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "sapo", "vespo"])
+def test_float16_inputs_equal_float32_of_the_same_values(loss_type):
+    lp, old, ref, ent, adv, mask = inputs(B=6, T=21, seed=4)
+    h = [x.astype(np.float16) for x in (lp, old, ref)]
+    kw = dict(loss_type=loss_type, beta=0.04, importance_sampling_level="sequence")
+    a = grpo_loss(h[0], adv, mask, old_logps=h[1], ref_logps=h[2], **kw)
+    b = grpo_loss(*[x.astype(np.float32) for x in h[:1]], adv, mask, old_logps=h[1].astype(np.float32),
+                  ref_logps=h[2].astype(np.float32), **kw)
+    assert a.grad.dtype == np.float32
+    assert abs(a.loss - b.loss) <= 1e-6 * max(1.0, abs(b.loss))
+    np.testing.assert_allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
