@@ -209,4 +209,97 @@ enum FastPolicyLoss {
         sums.region += Double(regAcc.sum())
         return sums
     }
+
+    /// Sums of a row whose policy factors are constant (see rowConstant).
+    struct ConstantRowSums {
+        var policy = 0.0, kl = 0.0, klRaw = 0.0, entropy = 0.0
+    }
+
+    /// A row whose per-token policy loss is `lC + lpCoef * lp` with a constant direct gradient
+    /// `gDirect` (sequence-level ratios with one advantage per row, or vespo's row weight; the
+    /// multipliers already folded in). Per token only the k3 KL varies: kl (times `r` when
+    /// `bias`), gradient w (gDirect + beta dkl). Returns the row sums (policy, KL, KL before the
+    /// bias factor, entropy); the caller adds the sequence-ratio coupling.
+    @inline(__always)
+    static func rowConstant(
+        lp: UnsafePointer<Float>, ref: UnsafePointer<Float>, ent: UnsafePointer<Float>?,
+        mask: UnsafePointer<UInt8>, T: Int, w: Double, lC: Float, lpCoef: Float, gDirect: Float,
+        beta: Float, useKL: Bool, bias: Bool, r: Float,
+        grad: UnsafeMutablePointer<Float>?, gradH: UnsafeMutablePointer<Float>?, gradHValue: Float
+    ) -> ConstantRowSums {
+        var sums = ConstantRowSums()
+        var polAcc = SIMD8<Double>(), klAcc = SIMD8<Double>(), rawAcc = SIMD8<Double>(), entAcc = SIMD8<Double>()
+        let wF = Float(w)
+        let lCV = F8(repeating: lC), coefV = F8(repeating: lpCoef), gV = F8(repeating: gDirect)
+        let betaV = F8(repeating: beta), rV = F8(repeating: r)
+
+        @inline(__always) func scalarAt(_ k: Int) {
+            if mask[k] == 0 {
+                grad?[k] = 0
+                gradH?[k] = 0
+                return
+            }
+            let x = lp[k]
+            sums.policy += Double(lC + lpCoef * x)
+            var g = Double(gDirect)
+            if useKL {
+                let (em1, kl0) = FastMath.expm1AndKL(ref[k] - x)
+                sums.klRaw += Double(kl0)
+                sums.kl += Double(bias ? kl0 * r : kl0)
+                g += Double(beta) * Double(bias ? -em1 * r : -em1)
+            }
+            grad?[k] = Float(w * g)
+            if let e = ent { sums.entropy += Double(e[k]) }
+            gradH?[k] = gradHValue
+        }
+
+        var t = 0
+        while t + 8 <= T {
+            let m8 = UnsafeRawPointer(mask + t).loadUnaligned(as: UInt64.self)
+            if m8 == 0 {
+                if let g = grad { UnsafeMutableRawPointer(g + t).storeBytes(of: F8(), as: F8.self) }
+                if let gh = gradH { UnsafeMutableRawPointer(gh + t).storeBytes(of: F8(), as: F8.self) }
+                t += 8
+                continue
+            }
+            var handled = false
+            if m8 == 0x0101_0101_0101_0101 {
+                let x = UnsafeRawPointer(lp + t).loadUnaligned(as: F8.self)
+                let l = lCV + coefV * x
+                var g = gV
+                var klv = F8(), raw = F8()
+                if useKL {
+                    let d = UnsafeRawPointer(ref + t).loadUnaligned(as: F8.self) - x
+                    let (em1, kl0) = expm1AndKL8(d)
+                    raw = kl0
+                    klv = bias ? kl0 * rV : kl0
+                    g = g + betaV * (bias ? -em1 * rV : -em1)
+                }
+                g = g * wF
+                let chk = l + klv + g
+                let nanIfNotFinite = chk - chk
+                if !any(nanIfNotFinite .!= nanIfNotFinite) {
+                    polAcc += SIMD8<Double>(l)
+                    klAcc += SIMD8<Double>(klv)
+                    rawAcc += SIMD8<Double>(raw)
+                    if let gp = grad { UnsafeMutableRawPointer(gp + t).storeBytes(of: g, as: F8.self) }
+                    if let e = ent { entAcc += SIMD8<Double>(UnsafeRawPointer(e + t).loadUnaligned(as: F8.self)) }
+                    if let gh = gradH {
+                        UnsafeMutableRawPointer(gh + t).storeBytes(of: F8(repeating: gradHValue), as: F8.self)
+                    }
+                    handled = true
+                }
+            }
+            if !handled {
+                for k in t..<(t + 8) { scalarAt(k) }
+            }
+            t += 8
+        }
+        while t < T { scalarAt(t); t += 1 }
+        sums.policy += polAcc.sum()
+        sums.kl += klAcc.sum()
+        sums.klRaw += rawAcc.sum()
+        sums.entropy += entAcc.sum()
+        return sums
+    }
 }

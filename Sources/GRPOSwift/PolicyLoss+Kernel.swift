@@ -12,6 +12,12 @@
 // Per-token maths runs in S.Real (Float for f32/bf16/f16 inputs, Double for f64) exactly as
 // TRL's eager torch code does; every sum is in Double.
 
+/// One token's policy loss, its derivatives and metric indicators (see policyToken).
+struct PolicyToken<R: LossReal> {
+    var l: R = 0, dldr: R = 0, dldlp: R = 0, phi: R = 0
+    var low = false, high = false, cispoClipped = false
+}
+
 public enum PolicyLoss {
     /// Tokens per parallel chunk (whole rows per chunk; results do not depend on it).
     static let tokensPerChunk = 16384
@@ -200,12 +206,53 @@ public enum PolicyLoss {
         let floatMax = R.greatestFiniteMagnitude
         let thr = entropyThreshold, maskAll0 = entropyMaskAll0
 
+        let linearInLp = lossType == .cispo || lossType == .vespo
+        // The per-token policy loss l(r, A, lp), d l / d r and d l / d lp (detached factors held
+        // fixed) and the metric indicators, exactly as TRL's torch code evaluates them.
+        @inline(__always) func policyToken(_ a: R, _ r: R, _ lp: R, _ phiPos: R, _ phiNeg: R) -> PolicyToken<R> {
+            var t = PolicyToken<R>()
+            switch lossType {
+            case .grpo, .bnpo, .drGRPO, .dapo, .luspo:
+                var c1 = r, dc1: R = 1
+                // torch.clamp passes the gradient only strictly inside its bounds.
+                if useDelta && !(r < delta) { c1 = r.isNaN ? r : delta; dc1 = 0 }
+                let c2 = Swift.min(Swift.max(r, lo), hi)
+                let dc2: R = (r > lo && r < hi) ? 1 : 0
+                let v1 = c1 * a, v2 = c2 * a
+                let g: R
+                // torch.min sends half of the gradient to each side of a tie.
+                if v1.isNaN || v2.isNaN { t.l = .nan; g = .nan }
+                else if v1 < v2 { t.l = -v1; g = a * dc1 }
+                else if v1 > v2 { t.l = -v2; g = a * dc2 }
+                else { t.l = -v1; g = a * (dc1 + dc2) / 2 }
+                t.dldr = -g
+                t.low = c1 < lo && a < 0
+                t.high = c1 > hi && a > 0
+            case .cispo:
+                let cr = r.isNaN ? r : Swift.min(r, epsH)
+                t.l = -cr * a * lp
+                t.dldlp = -cr * a
+                t.cispoClipped = r > epsH && a > 0
+            case .sapo:
+                let tau = a > 0 ? tauPos : tauNeg
+                let sg = 1 / (1 + R.exp(-(tau * (r - 1))))
+                t.l = -(sg * 4 / tau) * a
+                t.dldr = -4 * sg * (1 - sg) * a
+            case .vespo:
+                t.phi = a >= 0 ? phiPos : phiNeg
+                t.l = -t.phi * a * lp
+                t.dldlp = -t.phi * a
+            }
+            return t
+        }
+
         var stats = [Double](repeating: 0, count: B * RowStat.count)
         // Row-shaped metric indicators (clip low/high, cispo, phi) per row, TRL's (B,1) case.
         var rowInd = [Double](repeating: 0, count: B * 4)
 
         // The SIMD fast path (PolicyLoss+Fast.swift) covers the most common configuration.
-        let fast = S.self == Float.self && T > 0 && !sequence && lossType.isClipped && !advPerToken
+        let isF32 = S.self == Float.self
+        let fast = isF32 && T > 0 && !sequence && lossType.isClipped && !advPerToken
             && inp.importanceSamplingRatio == nil && !offPolicy && !useEntropyMask
         let fastParams = FastPolicyLoss.Params(
             lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
@@ -291,10 +338,39 @@ public enum PolicyLoss {
                     let isrRow: R = (!isPerToken && lossType != .vespo)
                         ? (inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1) : 1
 
+                    // With one advantage per row, the policy factors of a sequence-level ratio
+                    // (or vespo's row weight) are the same for every token of the row.
+                    let rowPolicy: PolicyToken<R>? =
+                        (!advPerToken && (sequence || lossType == .vespo)) ? policyToken(aRow, rSeq, 1, phiPos, phiNeg) : nil
+                    let needTokenRatio = !sequence && (lossType != .vespo || (useKL && bias))
+
                     var pol = 0.0, klSum = 0.0, entSum = 0.0, entEff = 0.0
                     var nLow = 0.0, nHigh = 0.0, nRegion = 0.0, nCispo = 0.0, phiSum = 0.0
                     var dropped = 0.0
                     var sRow = 0.0  // d loss / d r_i (sequence level)
+
+                    // float32 SIMD path for such rows (PolicyLoss+Fast.swift).
+                    if isF32, let pc = rowPolicy, let fLp, let fMask, !useEntropyMask,
+                       !isPerToken || lossType == .vespo, !useKL || !bias || sequence {
+                        var f = isrRow
+                        if offPolicy && !(aRow >= 0 || lowKL) { f = 0; dropped = L > 0 ? 1 : 0 }
+                        let lpRow = fLp + base
+                        let sums = FastPolicyLoss.rowConstant(
+                            lp: lpRow, ref: fRef.map { $0 + base } ?? lpRow, ent: fEnt.map { $0 + base },
+                            mask: fMask + base, T: T, w: w,
+                            lC: Float(linearInLp ? 0 : f * pc.l), lpCoef: Float(linearInLp ? f * pc.l : 0),
+                            gDirect: Float(f * pc.dldlp), beta: Float(betaD), useKL: useKL, bias: bias,
+                            r: Float(rSeq), grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
+                            gradHValue: Float(entropyGrad))
+                        let n = Double(L)
+                        pol = sums.policy; klSum = sums.kl; entSum = sums.entropy; entEff = sums.entropy
+                        nLow = pc.low ? n : 0; nHigh = pc.high ? n : 0; nRegion = (pc.low || pc.high) ? n : 0
+                        nCispo = pc.cispoClipped ? n : 0
+                        phiSum = lossType == .vespo ? n * Double(pc.phi) : 0
+                        if sequence {
+                            sRow = n * Double(f * pc.dldr) + (bias && useKL ? betaD * sums.klRaw : 0)
+                        }
+                    } else {
 
                     for t in 0..<T {
                         let k = base + t
@@ -306,7 +382,7 @@ public enum PolicyLoss {
                         let lp = inp.logps[k].real
                         let a: R = advPerToken ? inp.advantages.value(k, as: R.self) : aRow
                         let lr: R = inp.oldLogps.map { lp - $0[k].real } ?? 0
-                        let r: R = sequence ? rSeq : R.exp(lr)
+                        let r: R = sequence ? rSeq : (needTokenRatio ? R.exp(lr) : 1)
 
                         // Multiplier of the policy term: off-policy, entropy mask, IS ratio.
                         var f = isrRow
@@ -326,41 +402,16 @@ public enum PolicyLoss {
                             if inEntropyMask { entEff += e }
                         }
 
-                        var l: R = 0, dldr: R = 0, dldlp: R = 0
-                        switch lossType {
-                        case .grpo, .bnpo, .drGRPO, .dapo, .luspo:
-                            var c1 = r, dc1: R = 1
-                            // torch.clamp passes the gradient only strictly inside its bounds.
-                            if useDelta && !(r < delta) { c1 = r.isNaN ? r : delta; dc1 = 0 }
-                            let c2 = Swift.min(Swift.max(r, lo), hi)
-                            let dc2: R = (r > lo && r < hi) ? 1 : 0
-                            let v1 = c1 * a, v2 = c2 * a
-                            let g: R
-                            if v1.isNaN || v2.isNaN { l = .nan; g = .nan }
-                            else if v1 < v2 { l = -v1; g = a * dc1 }
-                            else if v1 > v2 { l = -v2; g = a * dc2 }
-                            else { l = -v1; g = a * (dc1 + dc2) / 2 }
-                            dldr = -g
-                            let isLow = c1 < lo && a < 0, isHigh = c1 > hi && a > 0
-                            if isLow { nLow += 1 }
-                            if isHigh { nHigh += 1 }
-                            if isLow || isHigh { nRegion += 1 }
-                        case .cispo:
-                            let cr = r.isNaN ? r : Swift.min(r, epsH)
-                            l = -cr * a * lp
-                            dldlp = -cr * a
-                            if r > epsH && a > 0 { nCispo += 1 }
-                        case .sapo:
-                            let tau = a > 0 ? tauPos : tauNeg
-                            let s = 1 / (1 + R.exp(-(tau * (r - 1))))
-                            l = -(s * 4 / tau) * a
-                            dldr = -4 * s * (1 - s) * a
-                        case .vespo:
-                            let phi = a >= 0 ? phiPos : phiNeg
-                            l = -phi * a * lp
-                            dldlp = -phi * a
-                            phiSum += Double(phi)
-                        }
+                        // Row-constant policy factors are computed once per row (below the
+                        // row statistics); cispo/vespo are linear in lp with a constant factor.
+                        let pt = rowPolicy ?? policyToken(a, r, lp, phiPos, phiNeg)
+                        let l: R = rowPolicy != nil && linearInLp ? pt.l * lp : pt.l
+                        let dldr = pt.dldr, dldlp = pt.dldlp
+                        if pt.low { nLow += 1 }
+                        if pt.high { nHigh += 1 }
+                        if pt.low || pt.high { nRegion += 1 }
+                        if pt.cispoClipped { nCispo += 1 }
+                        if lossType == .vespo { phiSum += Double(pt.phi) }
                         pol += Double(f * l)
                         var gTok: Double
                         if sequence {
@@ -389,6 +440,7 @@ public enum PolicyLoss {
                         }
                         grad?[k] = R(w * gTok)
                         if inEntropyMask { gradEntropies?[k] = R(entropyGrad) } else { gradEntropies?[k] = 0 }
+                    }
                     }
                     // Sequence level: d r_i / d lp_t = r_i m_t / max(L_i, 1).
                     if sequence, sRow != 0, let g = grad {
