@@ -1,7 +1,8 @@
-// SIMD8 fast path of the policy loss for the most common configuration: float32 inputs,
-// token-level ratios, the clipped family (grpo, bnpo, dr_grpo, dapo, luspo), one advantage
-// per row, no vLLM IS ratio, no off-policy mask, no high-entropy mask. Optional: old_logps,
-// ref_logps (k3 KL, bias-corrected or not), delta, entropies (metric and bonus).
+// SIMD8 fast paths of the policy loss for float32 inputs with one advantage per row and no
+// high-entropy mask. `row`: token-level ratios for the clipped family, cispo and sapo (a
+// per-row IS ratio allowed; no off-policy mask). `rowConstant`: rows whose policy factors
+// are constant (sequence-level ratios, vespo). Optional everywhere: old_logps, ref_logps
+// (k3 KL, bias-corrected or not), delta, entropies (metric and bonus).
 //
 // Blocks of 8 fully valid tokens run in SIMD8<Float> with FMA; partial blocks, and any block
 // whose results are not finite, run through `scalarToken` (the same maths as the generic
@@ -12,12 +13,14 @@ typealias F8 = SIMD8<Float>
 enum FastPolicyLoss {
     /// Per-row partials written by `row`.
     struct RowSums {
-        var policy = 0.0, kl = 0.0, entropy = 0.0, low = 0.0, high = 0.0, region = 0.0
+        var policy = 0.0, kl = 0.0, entropy = 0.0, low = 0.0, high = 0.0, region = 0.0, cispo = 0.0
     }
 
     struct Params {
         var lo: Float, hi: Float, delta: Float, useDelta: Bool
         var beta: Float, bias: Bool, useKL: Bool
+        /// 0: clipped family, 1: cispo (cap epsH), 2: sapo (temperatures tauPos / tauNeg).
+        var kind: Int, epsH: Float, tauPos: Float, tauNeg: Float
     }
 
     /// e^x on 8 lanes (see FastMath.exp; the inputs are finite here).
@@ -79,9 +82,21 @@ enum FastPolicyLoss {
     /// writes the gradient; mirrors the clipped branch of the generic kernel.
     @inline(__always)
     static func scalarToken(
-        lp: Float, old: Float, ref: Float, a: Float, w: Double, p: Params, sums: inout RowSums
+        lp: Float, old: Float, ref: Float, a: Float, f: Float, w: Double, p: Params, sums: inout RowSums
     ) -> Float {
         let r = FastMath.exp(lp - old)
+        if p.kind == 1 {  // cispo
+            let cr = r.isNaN ? r : Swift.min(r, p.epsH)
+            if r > p.epsH && a > 0 { sums.cispo += 1 }
+            return policyAndKL(l: -cr * a * lp, gPolicy: -cr * a, lp: lp, ref: ref, r: r, f: f, w: w, p: p,
+                               sums: &sums)
+        }
+        if p.kind == 2 {  // sapo
+            let tau = a > 0 ? p.tauPos : p.tauNeg
+            let sg = 1 / (1 + FastMath.exp(-(tau * (r - 1))))
+            return policyAndKL(l: -(sg * 4 / tau) * a, gPolicy: -4 * sg * (1 - sg) * a * r, lp: lp, ref: ref,
+                               r: r, f: f, w: w, p: p, sums: &sums)
+        }
         var c1 = r, dc1: Float = 1
         if p.useDelta && !(r < p.delta) { c1 = r.isNaN ? r : p.delta; dc1 = 0 }
         let c2 = Swift.min(Swift.max(r, p.lo), p.hi)
@@ -96,8 +111,17 @@ enum FastPolicyLoss {
         if isLow { sums.low += 1 }
         if isHigh { sums.high += 1 }
         if isLow || isHigh { sums.region += 1 }
-        sums.policy += Double(l)
-        var gTok = Double(-g * r)
+        return policyAndKL(l: l, gPolicy: -g * r, lp: lp, ref: ref, r: r, f: f, w: w, p: p, sums: &sums)
+    }
+
+    /// Adds the policy loss (times the row multiplier f) and the KL term of one token.
+    @inline(__always)
+    static func policyAndKL(
+        l: Float, gPolicy: Float, lp: Float, ref: Float, r: Float, f: Float, w: Double, p: Params,
+        sums: inout RowSums
+    ) -> Float {
+        sums.policy += Double(f * l)
+        var gTok = Double(f * gPolicy)
         if p.useKL {
             let d = ref - lp
             let (em1, kl0) = FastMath.expm1AndKL(d)
@@ -114,14 +138,15 @@ enum FastPolicyLoss {
     @inline(__always)
     static func row(
         lp: UnsafePointer<Float>, old: UnsafePointer<Float>, ref: UnsafePointer<Float>,
-        ent: UnsafePointer<Float>?, mask: UnsafePointer<UInt8>, T: Int, a: Float, w: Double,
+        ent: UnsafePointer<Float>?, mask: UnsafePointer<UInt8>, T: Int, a: Float, f: Float, w: Double,
         p: Params, grad: UnsafeMutablePointer<Float>?, gradH: UnsafeMutablePointer<Float>?,
         gradHValue: Float
     ) -> RowSums {
         var sums = RowSums()
         var polAcc = SIMD8<Double>(), klAcc = SIMD8<Double>(), entAcc = SIMD8<Double>()
-        var lowAcc = F8(), highAcc = F8(), regAcc = F8()
-        let aV = F8(repeating: a)
+        var lowAcc = F8(), highAcc = F8(), regAcc = F8(), cisAcc = F8()
+        let aV = F8(repeating: a), fV = F8(repeating: f), epsHV = F8(repeating: p.epsH)
+        let tauV = F8(repeating: a > 0 ? p.tauPos : p.tauNeg)
         let lo = F8(repeating: p.lo), hi = F8(repeating: p.hi), deltaV = F8(repeating: p.delta)
         let one = F8(repeating: 1), zero = F8()
         let wF = Float(w)
@@ -141,19 +166,34 @@ enum FastPolicyLoss {
                 let x = UnsafeRawPointer(lp + t).loadUnaligned(as: F8.self)
                 let o = UnsafeRawPointer(old + t).loadUnaligned(as: F8.self)
                 let r = exp8(x - o)
-                var c1 = r, dc1 = one
-                if p.useDelta {
-                    c1 = r.replacing(with: deltaV, where: r .>= deltaV)
-                    dc1 = one.replacing(with: zero, where: r .>= deltaV)
+                var c1 = r
+                var l: F8, gTok: F8
+                switch p.kind {
+                case 1:  // cispo: -sg(min(r, eps_high)) A lp
+                    let cr = r.replacing(with: epsHV, where: r .> epsHV)
+                    l = -(cr * aV) * x
+                    gTok = -(cr * aV)
+                case 2:  // sapo: -(4 / tau) sigmoid(tau (r - 1)) A
+                    let sg = one / (one + exp8(-(tauV * (r - one))))
+                    l = -((sg * 4) / tauV) * aV
+                    gTok = -4 * sg * (one - sg) * aV * r
+                default:  // clipped family
+                    var dc1 = one
+                    if p.useDelta {
+                        c1 = r.replacing(with: deltaV, where: r .>= deltaV)
+                        dc1 = one.replacing(with: zero, where: r .>= deltaV)
+                    }
+                    let c2 = r.replacing(with: lo, where: r .< lo).replacing(with: hi, where: r .> hi)
+                    let dc2 = zero.replacing(with: one, where: (r .> lo) .& (r .< hi))
+                    let v1 = c1 * aV, v2 = c2 * aV
+                    let g = (aV * (dc1 + dc2) * 0.5)
+                        .replacing(with: aV * dc1, where: v1 .< v2)
+                        .replacing(with: aV * dc2, where: v1 .> v2)
+                    l = -v1.replacing(with: v2, where: v2 .< v1)
+                    gTok = -g * r
                 }
-                let c2 = r.replacing(with: lo, where: r .< lo).replacing(with: hi, where: r .> hi)
-                let dc2 = zero.replacing(with: one, where: (r .> lo) .& (r .< hi))
-                let v1 = c1 * aV, v2 = c2 * aV
-                let g = (aV * (dc1 + dc2) * 0.5)
-                    .replacing(with: aV * dc1, where: v1 .< v2)
-                    .replacing(with: aV * dc2, where: v1 .> v2)
-                let l = -v1.replacing(with: v2, where: v2 .< v1)
-                var gTok = -g * r
+                l = fV * l
+                gTok = fV * gTok
                 var klv = zero
                 if p.useKL {
                     let rf = UnsafeRawPointer(ref + t).loadUnaligned(as: F8.self)
@@ -172,8 +212,9 @@ enum FastPolicyLoss {
                 if !any(nanIfNotFinite .!= nanIfNotFinite) {
                     polAcc += SIMD8<Double>(l)
                     klAcc += SIMD8<Double>(klv)
-                    if aNeg { let isLow = c1 .< lo; lowAcc += zero.replacing(with: one, where: isLow); regAcc += zero.replacing(with: one, where: isLow) }
-                    if aPos { let isHigh = c1 .> hi; highAcc += zero.replacing(with: one, where: isHigh); regAcc += zero.replacing(with: one, where: isHigh) }
+                    if p.kind == 1 && aPos { cisAcc += zero.replacing(with: one, where: r .> epsHV) }
+                    if p.kind == 0 && aNeg { let isLow = c1 .< lo; lowAcc += zero.replacing(with: one, where: isLow); regAcc += zero.replacing(with: one, where: isLow) }
+                    if p.kind == 0 && aPos { let isHigh = c1 .> hi; highAcc += zero.replacing(with: one, where: isHigh); regAcc += zero.replacing(with: one, where: isHigh) }
                     if let gp = grad { UnsafeMutableRawPointer(gp + t).storeBytes(of: gTok, as: F8.self) }
                     if let e = ent { entAcc += SIMD8<Double>(UnsafeRawPointer(e + t).loadUnaligned(as: F8.self)) }
                     if let gh = gradH {
@@ -195,7 +236,7 @@ enum FastPolicyLoss {
                 gradH?[k] = 0
                 return
             }
-            let g = scalarToken(lp: lp[k], old: old[k], ref: ref[k], a: a, w: w, p: p, sums: &sums)
+            let g = scalarToken(lp: lp[k], old: old[k], ref: ref[k], a: a, f: f, w: w, p: p, sums: &sums)
             grad?[k] = g
             if let e = ent { sums.entropy += Double(e[k]) }
             gradH?[k] = gradHValue
@@ -207,6 +248,7 @@ enum FastPolicyLoss {
         sums.low += Double(lowAcc.sum())
         sums.high += Double(highAcc.sum())
         sums.region += Double(regAcc.sum())
+        sums.cispo += Double(cisAcc.sum())
         return sums
     }
 

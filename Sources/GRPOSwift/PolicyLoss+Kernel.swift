@@ -252,12 +252,14 @@ public enum PolicyLoss {
 
         // The SIMD fast path (PolicyLoss+Fast.swift) covers the most common configuration.
         let isF32 = S.self == Float.self
-        let fast = isF32 && T > 0 && !sequence && lossType.isClipped && !advPerToken
-            && inp.importanceSamplingRatio == nil && !offPolicy && !useEntropyMask
+        let fastKind = lossType.isClipped ? 0 : lossType == .cispo ? 1 : lossType == .sapo ? 2 : -1
+        let fast = isF32 && T > 0 && !sequence && fastKind >= 0 && !advPerToken
+            && !isPerToken && !offPolicy && !useEntropyMask
         let fastParams = FastPolicyLoss.Params(
             lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
             delta: Float(cfg.delta ?? 0), useDelta: useDelta, beta: Float(cfg.beta), bias: bias,
-            useKL: useKL)
+            useKL: useKL, kind: fastKind, epsH: Float(cfg.resolvedEpsilonHigh),
+            tauPos: Float(cfg.sapoTemperaturePos), tauNeg: Float(cfg.sapoTemperatureNeg))
         @inline(__always) func floats(_ b: UnsafeBufferPointer<S>?) -> UnsafePointer<Float>? {
             b?.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }
         }
@@ -283,7 +285,8 @@ public enum PolicyLoss {
                         let lpRow = fLp + base
                         let sums = FastPolicyLoss.row(
                             lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
-                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow), w: w,
+                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow),
+                            f: Float(inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1), w: w,
                             p: fastParams, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
                             gradHValue: Float(entropyGrad))
                         let o = i * RowStat.count
@@ -294,6 +297,7 @@ public enum PolicyLoss {
                         st[o + RowStat.low] = sums.low
                         st[o + RowStat.high] = sums.high
                         st[o + RowStat.region] = sums.region
+                        st[o + RowStat.cispo] = sums.cispo
                         continue
                     }
 
@@ -556,6 +560,27 @@ public enum PolicyLoss {
         return m
     }
 
+    /// The k-th smallest value (0-based) of NaN-free `v`; afterwards v[..<k] <= v[k] <= v[(k+1)...]
+    /// (quickselect with a median-of-three pivot, Hoare partition).
+    static func select(_ v: inout [Float], _ k: Int) -> Float {
+        var lo = 0, hi = v.count - 1
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2
+            if v[mid] < v[lo] { v.swapAt(mid, lo) }
+            if v[hi] < v[lo] { v.swapAt(hi, lo) }
+            if v[hi] < v[mid] { v.swapAt(hi, mid) }
+            let pivot = v[mid]
+            var i = lo, j = hi
+            while i <= j {
+                while v[i] < pivot { i += 1 }
+                while pivot < v[j] { j -= 1 }
+                if i <= j { v.swapAt(i, j); i += 1; j -= 1 }
+            }
+            if k <= j { hi = j } else if k >= i { lo = i } else { return v[k] }
+        }
+        return v[k]
+    }
+
     /// torch.quantile(values, q) with linear interpolation, reproducing torch 2.x on CPU
     /// bit for bit (checked against it on random inputs): q is rounded to float32, the rank
     /// q (n - 1) is formed in double, the weight rounded to float32, and the lerp is fused:
@@ -564,12 +589,17 @@ public enum PolicyLoss {
     static func torchQuantile(_ values: inout [Float], _ q: Float) -> Float? {
         guard !values.isEmpty else { return nil }
         if values.contains(where: { $0.isNaN }) { return .nan }
-        values.sort()
         let rank = Double(q) * Double(values.count - 1)
         let below = Swift.max(0, Swift.min(values.count - 1, Int(rank)))
         let above = Swift.max(0, Swift.min(values.count - 1, Int(rank.rounded(.up))))
         let weight = Float(rank - Double(below))
-        let a = values[below], b = values[above]
+        // The two order statistics by selection (O(n)), not a full sort.
+        let a = select(&values, below)
+        var b = a
+        if above > below {
+            b = values[above]
+            for j in (below + 1)..<values.count where values[j] < b { b = values[j] }
+        }
         let d = b - a
         return Swift.abs(weight) < 0.5 ? a.addingProduct(weight, d) : b.addingProduct(-d, 1 - weight)
     }

@@ -334,6 +334,17 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
         #expect(PolicyLoss.torchQuantile(&w, 0) == 1)
         var e: [Float] = []
         #expect(PolicyLoss.torchQuantile(&e, 0.5) == nil)
+        // Selection gives the sorted order statistics, ties and duplicates included.
+        var rng = SplitMix(seed: 17)
+        for n in [1, 2, 3, 10, 257, 1000] {
+            let base = (0..<n).map { _ in Float(Int(rng.next() % 50)) / 7 }
+            let sorted = base.sorted()
+            for k in Set([0, n / 3, n / 2, n - 1]) {
+                var v = base
+                #expect(PolicyLoss.select(&v, k) == sorted[k])
+                #expect(v[..<k].allSatisfy { $0 <= sorted[k] } && v[(k + 1)...].allSatisfy { $0 >= sorted[k] })
+            }
+        }
     }
 
     /// Clip metrics on a hand-made case: ratios 0.5 (A<0: low), 2 (A>0: high), 1.
@@ -466,7 +477,7 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
     /// The float32 SIMD path (token level, clipped family) agrees with the Double kernel on
     /// inputs rounded to float, including partial blocks, masked NaN, delta and bias KL.
     static let fastCases: [(LossType, ImportanceSamplingLevel)] =
-        [LossType.grpo, .bnpo, .drGRPO, .dapo, .luspo].map { ($0, .token) }
+        [LossType.grpo, .bnpo, .drGRPO, .dapo, .luspo, .cispo, .sapo].map { ($0, .token) }
         + LossType.allCases.map { ($0, .sequence) } + [(.vespo, .token)]
 
     /// Both float32 SIMD paths: token-level clipped rows, and rows with constant policy
