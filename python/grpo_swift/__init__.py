@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from . import _native
 from ._advantages import AdvantagesResult, group_advantages
+from ._loss import LossConfig, LossResult, grpo_loss, loss_with_config
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdvantagesResult",
     "group_advantages",
+    "LossConfig",
+    "LossResult",
+    "grpo_loss",
+    "loss_with_config",
     "get_num_threads",
     "set_num_threads",
     "__version__",

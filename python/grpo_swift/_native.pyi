@@ -15,3 +15,8 @@ def group_advantages(
     rewards: Any, reward_weights: Any | None, num_generations: int, scale_rewards: int,
     aggregation: int, out_advantages: Any, out_mean: Any, out_std: Any, out_is_std_zero: Any, /
 ) -> None: ...
+def policy_loss(
+    fn: str, logps: Any, old_logps: Any | None, ref_logps: Any | None, sampling_logps: Any | None,
+    entropies: Any | None, advantages: Any, mask: Any, importance_sampling_ratio: Any | None,
+    config: tuple, out_grad: Any | None, out_grad_entropies: Any | None, /
+) -> tuple[float, ...]: ...
