@@ -101,7 +101,9 @@ public enum LogProbs {
             var vs = SIMD8<Float>(), vt = SIMD8<Float>()
             j = start
             while j + 8 <= end {
-                var d = negM.addingProduct(E.load8(row + j), iv)
+                // z rounded first, then z - m: the max element gives exactly e = 1, so s >= 1
+                // and lp = (z_y - m) - log s <= 0 in floating point too.
+                var d = E.load8(row + j) * iv + negM
                 d.replace(with: floor, where: d .< floor)
                 let e = simdExp(d)
                 vs += e
@@ -111,7 +113,7 @@ public enum LogProbs {
             if j < end {
                 var x = SIMD8<Float>(repeating: -.infinity)
                 for k in 0..<(end - j) { x[k] = row[j + k].floatValue }
-                var d = negM.addingProduct(x, iv)
+                var d = x * iv + negM
                 d.replace(with: floor, where: d .< floor)
                 let e = simdExp(d)
                 vs += e
@@ -129,15 +131,16 @@ extension LogProbs {
     // MARK: forward
 
     /// Log-probs of `targets` and entropies of the rows of `logits` (rows x vocab, row-major),
-    /// in Float. `entropy` and `logSumExp` are optional outputs (logSumExp of z = x / tau: pass it
-    /// to `backward` to save a pass over the logits). Unscored rows (target < 0 or rowMask 0)
+    /// in Float. `entropy` and `logSumExp` are optional outputs (logSumExp of z = x / tau, in
+    /// Double so that it keeps the Float max and log-sum exactly: pass it to `backward` to save
+    /// a pass over the logits). Unscored rows (target < 0 or rowMask 0)
     /// get lp = 0, H = 0 and logSumExp = 0.
     public static func forward<E: LogitElement>(
         logits: UnsafeBufferPointer<E>, rows: Int, vocab: Int,
         targets: UnsafeBufferPointer<Int64>, rowMask: UnsafeBufferPointer<UInt8>? = nil,
         temperature: Double = 1,
         logProbs: UnsafeMutableBufferPointer<Float>, entropy: UnsafeMutableBufferPointer<Float>?,
-        logSumExp: UnsafeMutableBufferPointer<Float>?
+        logSumExp: UnsafeMutableBufferPointer<Double>?
     ) throws(GRPOError) {
         try validate(rows: rows, vocab: vocab, logitsCount: logits.count, targets: targets,
                      rowMask: rowMask, temperature: temperature)
@@ -155,10 +158,10 @@ extension LogProbs {
                 let row = base + i * vocab
                 let st = rowStats(row, vocab, invT)
                 let logS = logf(st.s)
-                let lse = st.m + logS
-                logProbs[i] = row[Int(targets[i])].floatValue * invT - lse
+                // (z_y - m) - log s: no rounding of lse to Float when |z| is large.
+                logProbs[i] = (row[Int(targets[i])].floatValue * invT - st.m) - logS
                 entropy?[i] = logS - st.t / st.s
-                logSumExp?[i] = lse
+                logSumExp?[i] = Double(st.m) + Double(logS)
             }
         }
     }
@@ -192,10 +195,9 @@ extension LogProbs {
                 }
                 let st = rowStatsF64(base + i * vocab, vocab, invT)
                 let logS = log(st.s)
-                let lse = st.m + logS
-                logProbs[i] = base[i * vocab + Int(targets[i])] * invT - lse
+                logProbs[i] = (base[i * vocab + Int(targets[i])] * invT - st.m) - logS
                 entropy?[i] = logS - st.t / st.s
-                logSumExp?[i] = lse
+                logSumExp?[i] = st.m + logS
             }
         }
     }
@@ -237,7 +239,7 @@ extension LogProbs {
         logits: UnsafeBufferPointer<E>, rows: Int, vocab: Int,
         targets: UnsafeBufferPointer<Int64>, rowMask: UnsafeBufferPointer<UInt8>? = nil,
         temperature: Double = 1,
-        logSumExp: UnsafeBufferPointer<Float>?, entropy: UnsafeBufferPointer<Float>?,
+        logSumExp: UnsafeBufferPointer<Double>?, entropy: UnsafeBufferPointer<Float>?,
         gradLogProbs: UnsafeBufferPointer<Float>?, gradEntropy: UnsafeBufferPointer<Float>?,
         gradLogits: UnsafeMutableBufferPointer<G>
     ) throws(GRPOError) {
@@ -260,33 +262,36 @@ extension LogProbs {
                     continue
                 }
                 let row = base + i * vocab
-                var lse: Float, h: Float
+                // lse = hi + lo with hi = Float(lse): lp = (z - hi) - lo stays accurate for |z| ~ 1e4.
+                var hi: Float, lo: Float, h: Float
                 if let logSumExp, entropy != nil || gradEntropy == nil {
-                    lse = logSumExp[i]
+                    hi = Float(logSumExp[i])
+                    lo = Float(logSumExp[i] - Double(hi))
                     h = entropy?[i] ?? 0
                 } else {
                     let st = rowStats(row, vocab, invT)
                     let logS = logf(st.s)
-                    lse = st.m + logS
+                    hi = st.m
+                    lo = logS
                     h = logS - st.t / st.s
                 }
                 // g_v = p_v (cA + cB lp_v) + 1[v=y] gl / tau, with cA = -(gl + gh H)/tau, cB = -gh/tau.
                 let cA = -(gl + gh * h) * invT, cB = -gh * invT
                 let y = Int(targets[i])
                 // The target element, from the original logit (before an in-place overwrite).
-                let lpy = row[y].floatValue * invT - lse
+                let lpy = (row[y].floatValue * invT - hi) - lo
                 let gy = vexp(lpy) * (cA + cB * lpy) + gl * invT
                 let va = SIMD8<Float>(repeating: cA), vb = SIMD8<Float>(repeating: cB)
-                let negL = SIMD8<Float>(repeating: -lse)
+                let negHi = SIMD8<Float>(repeating: -hi), vlo = SIMD8<Float>(repeating: lo)
                 var j = 0
                 while j + 8 <= vocab {
-                    let lp = negL.addingProduct(E.load8(row + j), iv)
+                    let lp = negHi.addingProduct(E.load8(row + j), iv) - vlo
                     let p = simdExp(lp)
                     G.store8(p * va.addingProduct(vb, lp.replacing(with: 0, where: p .== 0)), orow + j)
                     j += 8
                 }
                 while j < vocab {
-                    let lp = row[j].floatValue * invT - lse
+                    let lp = (row[j].floatValue * invT - hi) - lo
                     let p = vexp(lp)
                     orow[j] = G(roundingFloat: p == 0 ? 0 : p * (cA + cB * lp))
                     j += 1
@@ -312,7 +317,7 @@ extension LogProbs {
         logits: UnsafeMutableBufferPointer<E>, rows: Int, vocab: Int,
         targets: UnsafeBufferPointer<Int64>, rowMask: UnsafeBufferPointer<UInt8>? = nil,
         temperature: Double = 1,
-        logSumExp: UnsafeBufferPointer<Float>?, entropy: UnsafeBufferPointer<Float>?,
+        logSumExp: UnsafeBufferPointer<Double>?, entropy: UnsafeBufferPointer<Float>?,
         gradLogProbs: UnsafeBufferPointer<Float>?, gradEntropy: UnsafeBufferPointer<Float>?
     ) throws(GRPOError) {
         try backward(logits: UnsafeBufferPointer(logits), rows: rows, vocab: vocab, targets: targets,
@@ -376,7 +381,8 @@ extension LogProbs {
 public struct LogProbsResult<T: Sendable>: Sendable {
     public var logProbs: [T]
     public var entropy: [T]
-    public var logSumExp: [T]
+    /// Always Double (see `LogProbs.forward`).
+    public var logSumExp: [Double]
 }
 
 extension LogProbs {
@@ -385,7 +391,8 @@ extension LogProbs {
         logits: [E], vocab: Int, targets: [Int64], rowMask: [UInt8]? = nil, temperature: Double = 1
     ) throws(GRPOError) -> LogProbsResult<Float> {
         let rows = targets.count
-        var lp = [Float](repeating: 0, count: rows), h = lp, lse = lp
+        var lp = [Float](repeating: 0, count: rows), h = lp
+        var lse = [Double](repeating: 0, count: rows)
         let r: Result<Void, GRPOError> = logits.withUnsafeBufferPointer { x in
             targets.withUnsafeBufferPointer { t in
                 withOptionalBuffer(rowMask) { m in
