@@ -65,10 +65,12 @@ public enum FusedLMHead {
     public static let defaultTileCols = 4096
     /// Upper bound on either tile dimension (keeps tile products far from overflow).
     public static let maxTileDim = 1 << 16
-    /// Rows per parallel fold chunk.
-    static let foldRowsPerChunk = 16
-    /// Columns per parallel chunk of the bias-gradient column sums.
-    static let biasColsPerChunk = 1024
+    /// Rows of a tile per parallel task: each task runs one single-threaded sgemm for its rows
+    /// (and folds them). Fixed, so every output element is always computed by a GEMM of the
+    /// same shape, whatever the thread count.
+    public static let gemmRows = 128
+    /// Vocabulary columns per parallel task of the grad_weight GEMM and bias column sums.
+    public static let gemmCols = 256
 
     struct Plan {
         let rows: Int, hidden: Int, vocab: Int
@@ -132,9 +134,12 @@ public enum FusedLMHead {
         return raw.bindMemory(to: Float.self, capacity: count)
     }
 
-    static func useBLASThreads() {
-        let n = Int32(clamping: Parallel.numThreads)
-        if openblas_get_num_threads() != n { openblas_set_num_threads(n) }
+    /// Every GEMM call of the kernels is single-threaded: parallelism comes from running fixed
+    /// sub-GEMMs on the Dispatch workers (OpenBLAS's own threading changes rounding with the
+    /// thread count: measured with OpenBLAS 0.3.21's Haswell kernels, 1 vs 2 threads differ in
+    /// ~5% of the elements of a 1024 x 4096 x 896 product).
+    static func useSingleThreadedBLAS() {
+        if openblas_get_num_threads() != 1 { openblas_set_num_threads(1) }
     }
 
     static func validateCommon(_ p: Plan, hidden: Int, weight: Int, bias: Int?, targets: UnsafeBufferPointer<Int64>)
@@ -188,7 +193,7 @@ public enum FusedLMHead {
         let tile = scratch
         let mS = scratch + p.tileRows * p.tileCols
         let sS = mS + p.tileRows, tS = sS + p.tileRows, zyS = tS + p.tileRows
-        useBLASThreads()
+        useSingleThreadedBLAS()
         let H = p.hidden
         var r0 = 0
         while r0 < rows {
@@ -197,11 +202,14 @@ public enum FusedLMHead {
             var c0 = 0
             while c0 < vocab {
                 let nc = Swift.min(p.tileCols, vocab - c0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nr), Int32(nc), Int32(H),
-                            1, hp + r0 * H, Int32(H), wp + c0 * H, Int32(H), 0, tile, Int32(nc))
                 let state = UncheckedSendable((tile, mS, sS, tS, zyS))
-                Parallel.forEachChunk(count: nr, chunkSize: foldRowsPerChunk) { _, range in
+                // Each task: the logits of its gemmRows rows, then their fold.
+                Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
                     let (tile, mS, sS, tS, zyS) = state.value
+                    let sub = tile + range.lowerBound * nc
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(range.count), Int32(nc), Int32(H),
+                                1, hp + (r0 + range.lowerBound) * H, Int32(H), wp + c0 * H, Int32(H),
+                                0, sub, Int32(nc))
                     for r in range {
                         let y = Int(targets[r0 + r])
                         guard y >= 0 else { continue }
@@ -325,7 +333,7 @@ public enum FusedLMHead {
         let scratch = try allocateScratch(scratchFloats(p))
         defer { free(scratch) }
         let tile = scratch
-        useBLASThreads()
+        useSingleThreadedBLAS()
         let H = p.hidden
         var c0 = 0
         while c0 < vocab {
@@ -333,11 +341,15 @@ public enum FusedLMHead {
             var r0 = 0
             while r0 < rows {
                 let nr = Swift.min(p.tileRows, rows - r0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nr), Int32(nc), Int32(H),
-                            1, hp + r0 * H, Int32(H), wp + c0 * H, Int32(H), 0, tile, Int32(nc))
                 let tileS = UncheckedSendable(tile)
-                Parallel.forEachChunk(count: nr, chunkSize: foldRowsPerChunk) { _, range in
+                // Tasks over gemmRows rows: recompute the logits, overwrite them with dL/dx,
+                // then grad_hidden[those rows] += G W[slice].
+                Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
                     let tile = tileS.value
+                    let sub = tile + range.lowerBound * nc
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(range.count), Int32(nc), Int32(H),
+                                1, hp + (r0 + range.lowerBound) * H, Int32(H), wp + c0 * H, Int32(H),
+                                0, sub, Int32(nc))
                     for r in range {
                         let i = r0 + r
                         let gl = gradLogProbs?[i] ?? 0, gh = gradEntropy?[i] ?? 0
@@ -350,22 +362,27 @@ public enum FusedLMHead {
                         foldBackward(row, nc, bp.map { $0 + c0 }, p, target: y - c0,
                                      lse: logSumExp[i], h: entropy?[i] ?? 0, gl: gl, gh: gh)
                     }
+                    if let ghp {
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(range.count), Int32(H), Int32(nc),
+                                    1, sub, Int32(nc), wp + c0 * H, Int32(H),
+                                    1, ghp + (r0 + range.lowerBound) * H, Int32(H))
+                    }
                 }
-                if let ghp {
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nr), Int32(H), Int32(nc),
-                                1, tile, Int32(nc), wp + c0 * H, Int32(H), 1, ghp + r0 * H, Int32(H))
-                }
-                if let gwp {
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(nc), Int32(H), Int32(nr),
-                                1, tile, Int32(nc), hp + r0 * H, Int32(H), 1, gwp + c0 * H, Int32(H))
-                }
-                if let gbp {
-                    let tileS = UncheckedSendable(tile)
-                    Parallel.forEachChunk(count: nc, chunkSize: biasColsPerChunk) { _, cols in
+                // Tasks over gemmCols vocabulary columns: grad_weight[cols] += G[:, cols]^T hidden[rows]
+                // and grad_bias[cols] += column sums (rows in order).
+                if gwp != nil || gbp != nil {
+                    Parallel.forEachChunk(count: nc, chunkSize: gemmCols) { _, cols in
                         let tile = tileS.value
-                        for r in 0..<nr {
-                            let row = tile + r * nc
-                            for j in cols { gbp[c0 + j] += row[j] }
+                        if let gwp {
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols.count), Int32(H), Int32(nr),
+                                        1, tile + cols.lowerBound, Int32(nc), hp + r0 * H, Int32(H),
+                                        1, gwp + (c0 + cols.lowerBound) * H, Int32(H))
+                        }
+                        if let gbp {
+                            for r in 0..<nr {
+                                let row = tile + r * nc
+                                for j in cols { gbp[c0 + j] += row[j] }
+                            }
                         }
                     }
                 }
@@ -443,7 +460,9 @@ public func benchmarkSgemmNT(m: Int, n: Int, k: Int, a: UnsafeBufferPointer<Floa
           let ap = a.baseAddress, let bp = b.baseAddress, let cp = c.baseAddress else {
         throw GRPOError(.shape, "sgemm buffers too small for m=\(m) n=\(n) k=\(k)")
     }
-    FusedLMHead.useBLASThreads()
+    // The anchor is OpenBLAS at its best: its own threading over the library's thread count.
+    let n32 = Int32(clamping: Parallel.numThreads)
+    if openblas_get_num_threads() != n32 { openblas_set_num_threads(n32) }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
                 1, ap, Int32(k), bp, Int32(k), 0, cp, Int32(n))
 }
