@@ -246,7 +246,7 @@ public enum FusedLMHead {
             if let bias { x += Float.load8(bias + j) }
             let z = transform(x, p)
             Float.store8(z, row + j)
-            vm = pointwiseMax(vm, z)
+            vm = vm.replacing(with: z, where: vm .< z)  // vmaxps (pointwiseMax is scalar)
             j += 8
         }
         var bm = laneMax(vm)
@@ -416,9 +416,11 @@ public enum FusedLMHead {
                 z = y * it
                 dzdx = sc
             }
-            let lp = (z + negHi) - vlo
+            var lp = (z + negHi) - vlo
+            let floor = SIMD8<Float>(repeating: -128)
+            lp = lp.replacing(with: floor, where: lp .< floor)  // p = 0 there; no 0 * inf
             let e = simdExp(lp)
-            let g = e * va.addingProduct(vb, lp.replacing(with: 0, where: e .== 0)) + extra
+            let g = e * va.addingProduct(vb, lp) + extra
             return g * dzdx
         }
         var targetGrad: Float = 0

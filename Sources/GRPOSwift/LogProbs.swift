@@ -76,7 +76,8 @@ public enum LogProbs {
             var vm = SIMD8<Float>(repeating: -.infinity)
             var j = start
             while j + 8 <= end {
-                vm = pointwiseMax(vm, E.load8(row + j))
+                let x = E.load8(row + j)
+                vm = vm.replacing(with: x, where: vm .< x)  // vmaxps (pointwiseMax is scalar)
                 j += 8
             }
             var bm = laneMax(vm)
@@ -284,10 +285,13 @@ extension LogProbs {
                 let va = SIMD8<Float>(repeating: cA), vb = SIMD8<Float>(repeating: cB)
                 let negHi = SIMD8<Float>(repeating: -hi), vlo = SIMD8<Float>(repeating: lo)
                 var j = 0
+                let floor = SIMD8<Float>(repeating: -128)
                 while j + 8 <= vocab {
-                    let lp = negHi.addingProduct(E.load8(row + j), iv) - vlo
+                    // lp floored at -128 (p = 0 there): a -inf logit gives 0, not 0 * inf = NaN.
+                    var lp = negHi.addingProduct(E.load8(row + j), iv) - vlo
+                    lp = lp.replacing(with: floor, where: lp .< floor)
                     let p = simdExp(lp)
-                    G.store8(p * va.addingProduct(vb, lp.replacing(with: 0, where: p .== 0)), orow + j)
+                    G.store8(p * va.addingProduct(vb, lp), orow + j)
                     j += 8
                 }
                 while j < vocab {

@@ -50,7 +50,7 @@ extension BFloat16: LogitElement {
     public static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<BFloat16>) {
         let u = unsafeBitCast(v, to: SIMD8<UInt32>.self)
         var r = (u &+ SIMD8(repeating: 0x7FFF) &+ ((u &>> 16) & SIMD8(repeating: 1))) &>> 16
-        r.replace(with: (u &>> 16) | SIMD8(repeating: 0x40), where: v .!= v)
+        r.replace(with: (u &>> 16) | SIMD8(repeating: 0x40), where: v .!= v)  // NaN stays NaN
         UnsafeMutableRawPointer(p).storeBytes(of: SIMD8<UInt16>(truncatingIfNeeded: r),
                                               as: SIMD8<UInt16>.self)
     }

@@ -6,55 +6,59 @@
 // exp(r) = 1 + r + r^2 P(r) with a degree-5 polynomial P (the classic single-precision
 // minimax coefficients of the Cephes expf); 2^n is built in the exponent bits.
 // Accuracy: <= 2 ulp against Double exp over [-87.3, 88.37] (tested in SIMDMathTests).
-// Below -87.33 the result is exactly 0 (the true value is subnormal or smaller: < 1.2e-38);
-// above 88.376 (= 127.5 ln 2, so that 2^n stays a normal number) it is +inf although the
-// true value up to 88.72 is finite: the kernels only evaluate exp at arguments <= 0.
-// NaN propagates; exp(-inf) = 0.
+// Below -87.68 (= -126.5 ln 2) the result is exactly 0 (the true value is < 1e-38 and
+// subnormal); between -87.68 and -87.33 it is a subnormal approximation. Above 88.37
+// (just below 127.5 ln 2) it saturates at exp(88.37) ~ 2.39e38 instead of overflowing: the kernels
+// only evaluate exp at arguments <= 0. NaN propagates; exp(-inf) = 0. No lane masks: only
+// min/max selects, FMAs and integer bit operations, which all stay in AVX2 registers.
 //
 // tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|): no cancellation for large |x|;
 // for |x| < 0.25 the odd Taylor series to x^15 avoids the 1 - e cancellation. Accuracy: a few ulp (tested).
 
-@usableFromInline let expLowerBound: Float = -87.33654   // exp below this < FLT_MIN: return 0
-@usableFromInline let expUpperBound: Float = 88.37626    // 127.5 ln 2: above this, +inf
+@usableFromInline let expLowerBound: Float = -88.0      // n = -127 here: the result is exactly 0
+@usableFromInline let expUpperBound: Float = 88.37      // < 127.5 ln 2: n <= 127, 2^n stays normal
 
 @inlinable @inline(__always)
 func simdExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    // Constants are local literal splats: comparisons against a splat of a global constant
+    // are lowered to a per-lane scalar loop (measured), literal splats to vmaxps/vminps.
+    let lo = SIMD8<Float>(repeating: -88.0)       // expLowerBound
+    let hi = SIMD8<Float>(repeating: 88.37)       // expUpperBound
     let log2e = SIMD8<Float>(repeating: 1.44269504088896341)
     let magic = SIMD8<Float>(repeating: 12582912.0)  // 1.5 * 2^23
-    // Clamp into the domain where 2^n is a normal number; the masks below fix the ends.
-    let xc = x.clamped(lowerBound: SIMD8(repeating: expLowerBound),
-                       upperBound: SIMD8(repeating: expUpperBound))
-    // t = round(x log2e) + magic: the low mantissa bits of t hold n.
+    // Clamp (`replacing(where:)` with a literal splat lowers to vmaxps/vminps; `clamped` and
+    // `pointwiseMax` become per-lane scalar code). NaN compares false and stays NaN.
+    var xc = x.replacing(with: lo, where: x .< lo)
+    xc = xc.replacing(with: hi, where: hi .< xc)
+    // tn = x log2e + magic rounds x log2e to the integer n, held in the low mantissa bits.
     let tn = magic.addingProduct(xc, log2e)
     let n = tn - magic
-    // r = x - n ln2 with ln2 = c1 + c2 (c1 exact in few bits: n*c1 exact).
+    // r = x - n ln2 with ln2 = c1 + c2 (c1 has few bits: n c1 is exact).
     var r = xc.addingProduct(n, SIMD8(repeating: -0.693359375))
     r = r.addingProduct(n, SIMD8(repeating: 2.12194440e-4))
     let r2 = r * r
-    var p = SIMD8<Float>(repeating: 1.9875691500e-4)
-    p = p * r + SIMD8(repeating: 1.3981999507e-3)
-    p = p * r + SIMD8(repeating: 8.3334519073e-3)
-    p = p * r + SIMD8(repeating: 4.1665795894e-2)
-    p = p * r + SIMD8(repeating: 1.6666665459e-1)
-    p = p * r + SIMD8(repeating: 5.0000001201e-1)
-    let y = (p * r2 + r) + SIMD8(repeating: 1)
-    // 2^n: (n + 127) << 23 from the integer bits of tn (bits of magic are 0x4B400000).
+    var p = SIMD8<Float>(repeating: 1.3981999507e-3).addingProduct(SIMD8(repeating: 1.9875691500e-4), r)
+    p = SIMD8<Float>(repeating: 8.3334519073e-3).addingProduct(p, r)
+    p = SIMD8<Float>(repeating: 4.1665795894e-2).addingProduct(p, r)
+    p = SIMD8<Float>(repeating: 1.6666665459e-1).addingProduct(p, r)
+    p = SIMD8<Float>(repeating: 5.0000001201e-1).addingProduct(p, r)
+    let y = (r.addingProduct(p, r2)) + SIMD8(repeating: 1)
+    // 2^n: (n + 127) << 23 from the integer bits of tn (the bits of magic are 0x4B400000).
+    // n is in [-127, 127] on the clamped domain. n = -127 (x < -126.5 ln 2 = -87.68) gives
+    // exponent bits 0, i.e. 2^n = 0 and a result of exactly 0, with no masking.
     let ni = unsafeBitCast(tn, to: SIMD8<Int32>.self) &- SIMD8(repeating: 0x4B40_0000)
-    // n is in [-126, 127] on the clamped domain: 2^n is a normal number.
     let scaleBits = (ni &+ SIMD8(repeating: 127)) &<< SIMD8(repeating: 23)
-    let scale = unsafeBitCast(scaleBits, to: SIMD8<Float>.self)
-    var result = y * scale
-    result.replace(with: 0, where: x .< SIMD8(repeating: expLowerBound))
-    result.replace(with: .infinity, where: x .> SIMD8(repeating: expUpperBound))
-    result.replace(with: x, where: x .!= x)  // NaN in, NaN out (the clamp dropped it)
-    return result
+    return y * unsafeBitCast(scaleBits, to: SIMD8<Float>.self)
 }
 
 @inlinable @inline(__always)
 func simdTanh(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let ax = x.replacing(with: -x, where: x .< 0)
+    let bits = unsafeBitCast(x, to: SIMD8<UInt32>.self)
+    let signBit = bits & SIMD8(repeating: 0x8000_0000)
+    let ax = unsafeBitCast(bits & SIMD8(repeating: 0x7FFF_FFFF), to: SIMD8<Float>.self)
     let e = simdExp(ax * SIMD8(repeating: -2))
-    var big = (SIMD8<Float>(repeating: 1) - e) / (SIMD8<Float>(repeating: 1) + e)
+    let mag = (SIMD8<Float>(repeating: 1) - e) / (SIMD8<Float>(repeating: 1) + e)
+    let big = unsafeBitCast(unsafeBitCast(mag, to: SIMD8<UInt32>.self) | signBit, to: SIMD8<Float>.self)
     // Small |x| (< 0.25, where 1 - e would cancel): the odd Taylor series to x^15
     // (truncation < 1e-10 relative).
     let x2 = x * x
@@ -66,8 +70,8 @@ func simdTanh(_ x: SIMD8<Float>) -> SIMD8<Float> {
     s = s * x2 + SIMD8(repeating: 2.0 / 15.0)
     s = s * x2 + SIMD8(repeating: -1.0 / 3.0)
     let small = x.addingProduct(x * x2, s)
-    big.replace(with: -big, where: x .< 0)
-    return big.replacing(with: small, where: ax .< SIMD8(repeating: 0.25))
+    let quarter = SIMD8<Float>(repeating: 0.25)
+    return big.replacing(with: small, where: ax .< quarter)
 }
 
 /// Scalar exp with the SIMD kernel's results (for tails and single elements).
