@@ -113,7 +113,27 @@ public enum Advantages {
         let groups = rows / g
         let groupsPerChunk = Swift.max(1, rowsPerChunk / g)
 
-        // Summed reward per row (NaN when unscorable), in Double.
+        // Common case (sum_then_normalize with group statistics): one fused pass per group,
+        // the summed rewards live in a per-chunk scratch of G values.
+        if config.aggregation == .sumThenNormalize && config.scaleRewards != .batch {
+            let divide = config.scaleRewards == .group
+            Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
+                withUnsafeTemporaryAllocation(of: Double.self, capacity: g) { r in
+                    for grp in range {
+                        let base = grp * g
+                        for j in 0..<g {
+                            r[j] = weightedNanSum(rewards, row: base + j, funcs: funcs, w) { Double($0) }
+                        }
+                        let (mu, sigma) = nanMeanStd(count: g) { r[$0] }
+                        writeGroup(base: base, g: g, r: UnsafeBufferPointer(r), mu: mu, sigma: sigma,
+                                   divide: divide, advantages, mean, std, isStdZero)
+                    }
+                }
+            }
+            return
+        }
+
+        // Otherwise a batch statistic is needed: the summed reward of every row first.
         var summed = [Double](repeating: .nan, count: rows)
         summed.withUnsafeMutableBufferPointer { r in
             switch config.aggregation {
@@ -153,37 +173,37 @@ public enum Advantages {
         }
 
         summed.withUnsafeBufferPointer { r in
-            let batchStats: (mean: Double, std: Double)? =
-                (config.aggregation == .normalizeThenSum || config.scaleRewards == .batch)
-                ? batchMeanStd(r) : nil
-            let batchMean = batchStats?.mean ?? .nan, batchStd = batchStats?.std ?? .nan
-
+            let (batchMean, batchStd) = batchMeanStd(r)
+            let batchMeanToo = config.aggregation == .normalizeThenSum
             Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
                 for grp in range {
                     let base = grp * g
-                    let (gm, gs) = nanMeanStd(count: g) { r[base + $0] }
-                    let mu: Double, sigma: Double, divide: Bool
-                    switch (config.aggregation, config.scaleRewards) {
-                    case (.normalizeThenSum, _):
-                        mu = batchMean; sigma = batchStd; divide = true
-                    case (.sumThenNormalize, .group):
-                        mu = gm; sigma = gs; divide = true
-                    case (.sumThenNormalize, .batch):
-                        mu = gm; sigma = batchStd; divide = true
-                    case (.sumThenNormalize, .none):
-                        mu = gm; sigma = gs; divide = false
-                    }
-                    for j in 0..<g {
-                        let i = base + j
-                        var a = r[i] - mu
-                        if divide { a = a / (sigma + advantageStdEpsilon) }
-                        advantages[i] = a.isNaN ? 0 : T(a)
-                        mean[i] = T(mu)
-                        std[i] = T(sigma)
-                        isStdZero[i] = isCloseToZero(sigma) ? 1 : 0
-                    }
+                    let groupRows = UnsafeBufferPointer(rebasing: r[base..<(base + g)])
+                    let mu = batchMeanToo ? batchMean : nanMeanStd(count: g) { groupRows[$0] }.mean
+                    writeGroup(base: base, g: g, r: groupRows, mu: mu, sigma: batchStd, divide: true,
+                               advantages, mean, std, isStdZero)
                 }
             }
+        }
+    }
+
+    /// Writes one group's outputs from its summed rewards `r` (G values) and statistics.
+    @inline(__always)
+    static func writeGroup<T: BinaryFloatingPoint>(
+        base: Int, g: Int, r: UnsafeBufferPointer<Double>, mu: Double, sigma: Double, divide: Bool,
+        _ advantages: UnsafeMutableBufferPointer<T>, _ mean: UnsafeMutableBufferPointer<T>,
+        _ std: UnsafeMutableBufferPointer<T>, _ isStdZero: UnsafeMutableBufferPointer<UInt8>
+    ) {
+        let zero: UInt8 = isCloseToZero(sigma) ? 1 : 0
+        for j in 0..<g {
+            let i = base + j
+            var a = r[j] - mu
+            // (x / s) and (x * (1/s)) differ in the last bit: divide, as TRL does.
+            if divide { a = a / (sigma + advantageStdEpsilon) }
+            advantages[i] = a.isNaN ? 0 : T(a)
+            mean[i] = T(mu)
+            std[i] = T(sigma)
+            isStdZero[i] = zero
         }
     }
 

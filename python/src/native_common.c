@@ -137,3 +137,30 @@ PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg)
     }
     return NULL;
 }
+
+int gs_int32_arg(PyObject *obj, const char *func, const char *arg, int32_t *out) {
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be an int, got %.200s", func, arg,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < INT32_MIN || v > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' out of range: %ld", func, arg, v);
+        return -1;
+    }
+    *out = (int32_t)v;
+    return 0;
+}
+
+int gs_double_arg(PyObject *obj, const char *func, const char *arg, double *out) {
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be a float, got %.200s", func, arg,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}

@@ -46,6 +46,12 @@ int gs_float_dtype(const Py_buffer *view);
 /* Number of elements of an acquired buffer. */
 Py_ssize_t gs_numel(const Py_buffer *view);
 
+/* Reads a Python int into an int32 (TypeError/ValueError naming fn and arg); 0 on success. */
+int gs_int32_arg(PyObject *obj, const char *func, const char *arg, int32_t *out);
+
+/* Reads a Python float (or int) into a double; 0 on success. */
+int gs_double_arg(PyObject *obj, const char *func, const char *arg, double *out);
+
 /* Maps a non-OK status plus the kernel's message to an exception; returns NULL. */
 PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg);
 

@@ -1,0 +1,38 @@
+"""grpo_swift: fast, exact GRPO kernels written in Swift.
+
+Everything a GRPO step needs after the model's backbone: group advantages, per-token
+log-probs and entropy, the loss of every TRL 1.16 GRPO variant and its gradient.
+
+Front doors: this module (numpy), `grpo_swift.torch` (autograd functions; needs torch),
+`grpo_swift.trl` (a GRPOTrainer drop-in; needs trl).
+"""
+from __future__ import annotations
+
+from . import _native
+from ._advantages import AdvantagesResult, group_advantages
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdvantagesResult",
+    "group_advantages",
+    "get_num_threads",
+    "set_num_threads",
+    "__version__",
+]
+
+
+def get_num_threads() -> int:
+    """The number of worker threads the kernels use.
+
+    Initialised from the environment variable GRPO_SWIFT_NUM_THREADS, else the number of
+    online CPUs. Results are bitwise identical for any thread count.
+    """
+    return _native.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of kernel worker threads (1 to 1024)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads(): argument 'n' must be an int, got {type(n).__name__}")
+    _native.set_num_threads(n)

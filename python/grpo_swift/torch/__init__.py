@@ -1,0 +1,15 @@
+"""grpo_swift for PyTorch: autograd functions, nn.Modules and torch.compile-safe custom ops.
+
+Tensors are handed to the Swift kernels without copies when they are contiguous CPU
+tensors (float32, float64, float16, bfloat16); see `grpo_swift.torch._interop`.
+"""
+from __future__ import annotations
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError("grpo_swift.torch needs PyTorch: pip install 'grpo-swift[torch]' (or pip install torch)") from exc
+
+from ._advantages import group_advantages
+
+__all__ = ["group_advantages"]

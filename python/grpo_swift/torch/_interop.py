@@ -1,0 +1,66 @@
+"""Zero-copy hand-over of torch tensors to the native kernels.
+
+A contiguous CPU tensor of float32, float64 or float16 is passed as the numpy view of its
+own storage (`tensor.detach().numpy()` shares memory); bfloat16, which numpy has no dtype
+for, is passed as the int16 view of the same bits and read as bfloat16 in Swift. No
+`.float()` copy happens on this path. A non-contiguous tensor is made contiguous once
+(one copy, the only one). Tensors on another device are refused with a TypeError saying
+the kernels run on CPU. Tensors that require grad are read through `.detach()`, which
+shares storage and leaves the autograd graph untouched.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import _native
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+DTYPE_CODE = {
+    torch.float32: _native.F32,
+    torch.float64: _native.F64,
+    torch.bfloat16: _native.BF16,
+    torch.float16: _native.F16,
+}
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(t, func: str, arg: str, *, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+                 ndim: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Validates a tensor argument: a torch.Tensor on CPU with an accepted dtype and ndim.
+
+    Returns it contiguous (a copy only when it was not)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{func}(): argument '{arg}' must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise TypeError(f"{func}(): argument '{arg}' is on device '{t.device}', but grpo_swift kernels "
+                        f"run on CPU; move it with {arg}.cpu() (and the result back with .to(device))")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{func}(): argument '{arg}' must have dtype {_dtype_names(dtypes)}, got "
+                        f"{str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() not in ndim:
+        want = " or ".join(f"{d}-D" for d in ndim)
+        raise ValueError(f"{func}(): argument '{arg}' must be {want}, got shape {tuple(t.shape)}")
+    if not t.is_contiguous():
+        t = t.contiguous()  # documented: the one copy, for strided inputs
+    return t
+
+
+def buffer_of(t: torch.Tensor) -> np.ndarray:
+    """A numpy array sharing `t`'s storage (bfloat16 as int16 bits). `t` must be contiguous CPU."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    elif t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    return t.numpy()
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    return DTYPE_CODE[t.dtype]
