@@ -12,8 +12,9 @@
 //
 // Tiling. Forward: for each block of `tileRows` rows, for each `tileCols` slice of the
 // vocabulary, one cblas_sgemm writes the logits tile into scratch and a fold turns each
-// tile row into transformed z (in place) and then into the row's online statistics
-// (running max m, s = sum e^(z-m), t = sum e^(z-m)(z-m), as in LogProbs.swift). Backward:
+// tile row into y (in place: scale and softcap applied, temperature not yet) and then into
+// the row's online statistics (running max m of y, s = sum e^d, t = sum e^d d with
+// d = (y - m) / tau, as in LogProbs.swift). Backward:
 // vocabulary slices outermost (so the grad_weight slice and the weight slice stay hot while
 // row blocks stream), recompute each tile, overwrite it with dL/dx, then
 //   grad_hidden[rows] += G W[slice]   (sgemm, beta = 1)
@@ -158,14 +159,15 @@ public enum FusedLMHead {
         }
     }
 
-    /// y = (x + b) * scale, softcapped, over temperature.
+    /// y = (x + b) * scale, softcapped; the temperature is applied later to differences
+    /// (y - max) / tau, which stay accurate when |y| ~ 1e4.
     @inline(__always)
     static func transform(_ x: SIMD8<Float>, _ p: Plan) -> SIMD8<Float> {
         var y = x * SIMD8(repeating: p.scale)
         if let c = p.cap {
             y = SIMD8(repeating: c) * simdTanh(y * SIMD8(repeating: 1 / c))
         }
-        return y * SIMD8(repeating: p.invT)
+        return y
     }
 
     @inline(__always)
@@ -226,15 +228,16 @@ public enum FusedLMHead {
                     continue
                 }
                 let logS = logf(sS[r])
-                logProbs[i] = (zyS[r] - mS[r]) - logS
+                logProbs[i] = (zyS[r] - mS[r]) * p.invT - logS
                 entropy?[i] = logS - tS[r] / sS[r]
-                logSumExp?[i] = Double(mS[r]) + Double(logS)
+                logSumExp?[i] = Double(mS[r]) * Double(p.invT) + Double(logS)
             }
             r0 += nr
         }
     }
 
-    /// Transforms one tile row in place into z and folds it into the row's statistics.
+    /// Transforms one tile row in place into y (before the temperature) and folds it into the
+    /// row's statistics: m = max y, s = sum e^d, t = sum e^d d, d = (y - m) / tau.
     @inline(__always)
     static func foldForward(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ bias: UnsafePointer<Float>?,
                             _ p: Plan, target: Int, m: inout Float, s: inout Float, t: inout Float,
@@ -262,18 +265,18 @@ public enum FusedLMHead {
         let newM = Swift.max(m, bm)
         if newM == -.infinity { return }
         if newM > m && s > 0 {
-            let d = m - newM
+            let d = (m - newM) * p.invT
             let c = vexp(d)
             t = c * (t + d * s)
             s = c * s
         }
         m = newM
-        let negM = SIMD8<Float>(repeating: -m)
+        let negM = SIMD8<Float>(repeating: -m), it = SIMD8<Float>(repeating: p.invT)
         let floor = SIMD8<Float>(repeating: -128)
         var vs = SIMD8<Float>(), vt = SIMD8<Float>()
         j = 0
         while j + 8 <= n {
-            var d = Float.load8(row + j) + negM
+            var d = (Float.load8(row + j) + negM) * it
             d.replace(with: floor, where: d .< floor)
             let e = simdExp(d)
             vs += e
@@ -282,7 +285,7 @@ public enum FusedLMHead {
         }
         if j < n {
             var d = floor
-            for k in 0..<(n - j) { d[k] = row[j + k] - m }
+            for k in 0..<(n - j) { d[k] = (row[j + k] - m) * p.invT }
             d.replace(with: floor, where: d .< floor)
             let e = simdExp(d)
             vs += e
@@ -400,8 +403,9 @@ public enum FusedLMHead {
         // dz/dx = scale (1 - tanh^2) with softcap, else scale.
         let cA = -(gl + gh * h) * p.invT, cB = -gh * p.invT
         let va = SIMD8<Float>(repeating: cA), vb = SIMD8<Float>(repeating: cB)
-        // lse = hi + lo (hi = Float(lse)): lp = (z - hi) - lo stays accurate for large |z|.
-        let hi = Float(lse), lo = Float(lse - Double(hi))
+        // lp = (y - r) / tau - c with r = Float(lse tau) near the row max and c = lse - r / tau
+        // (Double): accurate for |y| ~ 1e4, as in the forward.
+        let hi = Float(lse / Double(p.invT)), lo = Float(lse - Double(hi) * Double(p.invT))
         let negHi = SIMD8<Float>(repeating: -hi), vlo = SIMD8<Float>(repeating: lo)
         let sc = SIMD8<Float>(repeating: p.scale), it = SIMD8<Float>(repeating: p.invT)
         @inline(__always)
@@ -410,13 +414,13 @@ public enum FusedLMHead {
             var z: SIMD8<Float>, dzdx: SIMD8<Float>
             if let c = p.cap {
                 let th = simdTanh(y * SIMD8(repeating: 1 / c))
-                z = SIMD8(repeating: c) * th * it
+                z = SIMD8(repeating: c) * th
                 dzdx = sc * (SIMD8(repeating: 1) - th * th)
             } else {
-                z = y * it
+                z = y
                 dzdx = sc
             }
-            var lp = (z + negHi) - vlo
+            var lp = ((z + negHi) * it) - vlo
             let floor = SIMD8<Float>(repeating: -128)
             lp = lp.replacing(with: floor, where: lp .< floor)  // p = 0 there; no 0 * inf
             let e = simdExp(lp)

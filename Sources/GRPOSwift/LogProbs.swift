@@ -61,7 +61,9 @@ public enum LogProbs {
 
     // MARK: Float-compute row kernels
 
-    /// Online statistics of one row: m = max z, s = sum e^(z-m), t = sum e^(z-m)(z-m).
+    /// Online statistics of one row, in logit space: m = max x (NOT divided by tau),
+    /// s = sum e^d, t = sum e^d d with d = (x - m) / tau. Subtracting before scaling keeps d
+    /// exact-ish when |x| ~ 1e4 (x / tau rounded first would carry ulp(1e4) ~ 1e-3 errors).
     @inline(__always)
     static func rowStats<E: LogitElement>(_ row: UnsafePointer<E>, _ v: Int, _ invT: Float)
         -> (m: Float, s: Float, t: Float)
@@ -86,10 +88,10 @@ public enum LogProbs {
                 if x > bm { bm = x }
                 j += 1
             }
-            let newM = Swift.max(m, bm * invT)
+            let newM = Swift.max(m, bm)
             if newM == -.infinity { start = end; continue }  // block (and row so far) all -inf
             if newM > m && s > 0 {
-                let d = m - newM
+                let d = (m - newM) * invT
                 let c = vexp(d)
                 t = c * (t + d * s)
                 s = c * s
@@ -104,7 +106,7 @@ public enum LogProbs {
             while j + 8 <= end {
                 // z rounded first, then z - m: the max element gives exactly e = 1, so s >= 1
                 // and lp = (z_y - m) - log s <= 0 in floating point too.
-                var d = E.load8(row + j) * iv + negM
+                var d = (E.load8(row + j) + negM) * iv
                 d.replace(with: floor, where: d .< floor)
                 let e = simdExp(d)
                 vs += e
@@ -114,7 +116,7 @@ public enum LogProbs {
             if j < end {
                 var x = SIMD8<Float>(repeating: -.infinity)
                 for k in 0..<(end - j) { x[k] = row[j + k].floatValue }
-                var d = x * iv + negM
+                var d = (x + negM) * iv
                 d.replace(with: floor, where: d .< floor)
                 let e = simdExp(d)
                 vs += e
@@ -160,9 +162,9 @@ extension LogProbs {
                 let st = rowStats(row, vocab, invT)
                 let logS = logf(st.s)
                 // (z_y - m) - log s: no rounding of lse to Float when |z| is large.
-                logProbs[i] = (row[Int(targets[i])].floatValue * invT - st.m) - logS
+                logProbs[i] = (row[Int(targets[i])].floatValue - st.m) * invT - logS
                 entropy?[i] = logS - st.t / st.s
-                logSumExp?[i] = Double(st.m) + Double(logS)
+                logSumExp?[i] = Double(st.m) * Double(invT) + Double(logS)
             }
         }
     }
@@ -196,9 +198,9 @@ extension LogProbs {
                 }
                 let st = rowStatsF64(base + i * vocab, vocab, invT)
                 let logS = log(st.s)
-                logProbs[i] = (base[i * vocab + Int(targets[i])] * invT - st.m) - logS
+                logProbs[i] = (base[i * vocab + Int(targets[i])] - st.m) * invT - logS
                 entropy?[i] = logS - st.t / st.s
-                logSumExp?[i] = st.m + logS
+                logSumExp?[i] = st.m * invT + logS
             }
         }
     }
@@ -215,11 +217,11 @@ extension LogProbs {
             if x.isNaN { nan = true }
         }
         if nan { return (.nan, .nan, .nan) }
-        let m = mx * invT
+        let m = mx
         if m == -.infinity { return (m, 0, 0) }
         var s = 0.0, t = 0.0
         for j in 0..<v {
-            let d = row[j] * invT - m
+            let d = (row[j] - m) * invT
             if d == -.infinity { continue }
             let e = exp(d)
             s += e
@@ -263,11 +265,12 @@ extension LogProbs {
                     continue
                 }
                 let row = base + i * vocab
-                // lse = hi + lo with hi = Float(lse): lp = (z - hi) - lo stays accurate for |z| ~ 1e4.
+                // lp_v = (x_v - r) / tau - c for a reference logit r near the row max and
+                // c = lse - r / tau (in Double): accurate for |x| ~ 1e4, as in the forward.
                 var hi: Float, lo: Float, h: Float
                 if let logSumExp, entropy != nil || gradEntropy == nil {
-                    hi = Float(logSumExp[i])
-                    lo = Float(logSumExp[i] - Double(hi))
+                    hi = Float(logSumExp[i] / Double(invT))
+                    lo = Float(logSumExp[i] - Double(hi) * Double(invT))
                     h = entropy?[i] ?? 0
                 } else {
                     let st = rowStats(row, vocab, invT)
@@ -280,7 +283,7 @@ extension LogProbs {
                 let cA = -(gl + gh * h) * invT, cB = -gh * invT
                 let y = Int(targets[i])
                 // The target element, from the original logit (before an in-place overwrite).
-                let lpy = (row[y].floatValue * invT - hi) - lo
+                let lpy = (row[y].floatValue - hi) * invT - lo
                 let gy = vexp(lpy) * (cA + cB * lpy) + gl * invT
                 let va = SIMD8<Float>(repeating: cA), vb = SIMD8<Float>(repeating: cB)
                 let negHi = SIMD8<Float>(repeating: -hi), vlo = SIMD8<Float>(repeating: lo)
@@ -288,14 +291,14 @@ extension LogProbs {
                 let floor = SIMD8<Float>(repeating: -128)
                 while j + 8 <= vocab {
                     // lp floored at -128 (p = 0 there): a -inf logit gives 0, not 0 * inf = NaN.
-                    var lp = negHi.addingProduct(E.load8(row + j), iv) - vlo
+                    var lp = ((E.load8(row + j) + negHi) * iv) - vlo
                     lp = lp.replacing(with: floor, where: lp .< floor)
                     let p = simdExp(lp)
                     G.store8(p * va.addingProduct(vb, lp), orow + j)
                     j += 8
                 }
                 while j < vocab {
-                    let lp = (row[j].floatValue * invT - hi) - lo
+                    let lp = (row[j].floatValue - hi) * invT - lo
                     let p = vexp(lp)
                     orow[j] = G(roundingFloat: p == 0 ? 0 : p * (cA + cB * lp))
                     j += 1
@@ -361,7 +364,7 @@ extension LogProbs {
                 } else {
                     let st = rowStatsF64(row, vocab, invT)
                     let logS = log(st.s)
-                    lse = st.m + logS
+                    lse = st.m * invT + logS
                     h = logS - st.t / st.s
                 }
                 let cA = -(gl + gh * h) * invT, cB = -gh * invT
