@@ -125,14 +125,22 @@ public enum FusedLMHead {
         p.tileRows * p.tileCols + 4 * p.tileRows
     }
 
-    /// 64-byte aligned Float scratch; nil -> GRPOError(.noMemory).
-    static func allocateScratch(_ count: Int) throws(GRPOError) -> UnsafeMutablePointer<Float> {
-        var raw: UnsafeMutableRawPointer? = nil
-        let bytes = count * MemoryLayout<Float>.stride
-        guard posix_memalign(&raw, 64, Swift.max(bytes, 64)) == 0, let raw else {
-            throw GRPOError(.noMemory, "could not allocate \(bytes) bytes of scratch for the fused LM head")
+    /// Page-aligned Float scratch mapped straight from the OS (mmap) and unmapped by
+    /// `releaseScratch`: the pages go back at once, so a call's peak memory is exactly its
+    /// scratch (malloc would keep up to its dynamic trim threshold of freed memory, and the
+    /// forward's and the backward's buffers could add up). Failure -> GRPOError(.noMemory).
+    static func allocateScratch(_ count: Int) throws(GRPOError) -> UnsafeMutableBufferPointer<Float> {
+        let bytes = Swift.max(count, 1) * MemoryLayout<Float>.stride
+        guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              raw != MAP_FAILED else {
+            throw GRPOError(.noMemory, "could not map \(bytes) bytes of scratch for the fused LM head")
         }
-        return raw.bindMemory(to: Float.self, capacity: count)
+        return UnsafeMutableBufferPointer(start: raw.bindMemory(to: Float.self, capacity: count), count: count)
+    }
+
+    static func releaseScratch(_ buffer: UnsafeMutableBufferPointer<Float>) {
+        guard let base = buffer.baseAddress else { return }
+        _ = munmap(UnsafeMutableRawPointer(base), Swift.max(buffer.count, 1) * MemoryLayout<Float>.stride)
     }
 
     /// Every GEMM call of the kernels is single-threaded: parallelism comes from running fixed
@@ -190,8 +198,11 @@ public enum FusedLMHead {
         try LogProbs.checkOutputs(rows, logProbs.count, entropy?.count, logSumExp?.count)
         guard rows > 0, let hp = hidden.baseAddress, let wp = weight.baseAddress else { return }
         let bp = bias?.baseAddress
-        let scratch = try allocateScratch(scratchFloats(p))
-        defer { free(scratch) }
+        let scratchBuffer = try allocateScratch(scratchFloats(p))
+        defer { releaseScratch(scratchBuffer) }
+        guard let scratch = scratchBuffer.baseAddress else {
+            throw GRPOError(.internal, "empty scratch mapping")
+        }
         let tile = scratch
         let mS = scratch + p.tileRows * p.tileCols
         let sS = mS + p.tileRows, tS = sS + p.tileRows, zyS = tS + p.tileRows
@@ -333,8 +344,11 @@ public enum FusedLMHead {
         guard gradHidden != nil || gradWeight != nil || gradBias != nil else { return }
         let bp = bias?.baseAddress
         let ghp = gradHidden?.baseAddress, gwp = gradWeight?.baseAddress, gbp = gradBias?.baseAddress
-        let scratch = try allocateScratch(scratchFloats(p))
-        defer { free(scratch) }
+        let scratchBuffer = try allocateScratch(scratchFloats(p))
+        defer { releaseScratch(scratchBuffer) }
+        guard let scratch = scratchBuffer.baseAddress else {
+            throw GRPOError(.internal, "empty scratch mapping")
+        }
         let tile = scratch
         useSingleThreadedBLAS()
         let H = p.hidden
