@@ -21,22 +21,28 @@
 //   grad_weight[slice] += G^T hidden[rows]   (sgemm, beta = 1, ONE fp32 buffer)
 //   grad_bias[slice] += column sums of G (rows in order).
 //
-// Threading and determinism. Every tile is processed in a fixed sequence; the GEMMs use
-// OpenBLAS's own threads (set to grpo_get_num_threads()) and the folds use
-// Parallel.forEachChunk over the tile rows (each row by one thread). OpenBLAS splits a GEMM
-// over the M/N dimensions, never over K, so each output element's sum runs in the same
-// order whatever the thread count; results are bitwise identical for 1 or more threads
-// (tested). Measured alternative (one single-threaded GEMM per worker over row blocks):
-// OpenBLAS single-thread sgemm 256x4096x896 ran ~108-122 GFLOP/s per core vs 216-245
-// GFLOP/s for 2 threads on 512-1024 x 4096 tiles (Xeon, 2 cores, OPENBLAS_CORETYPE=SkylakeX),
-// i.e. no faster, and it would need per-worker grad_hidden partials for a deterministic
-// backward. So: OpenBLAS threads for GEMMs, Dispatch for folds.
+// Threading and determinism. Parallelism comes from Dispatch workers
+// (Parallel.forEachChunk), each running SINGLE-threaded sgemm calls on fixed sub-blocks:
+// `gemmRows` tile rows (forward, backward logits + grad_hidden; the same task then folds its
+// rows while they are in cache) or `gemmCols` vocabulary columns (grad_weight, grad_bias).
+// The partition never depends on the thread count, every output element is always produced
+// by a GEMM of the same shape and accumulated in the same order (vocabulary slices, then
+// row blocks, in sequence), so results are bitwise identical for any thread count (tested
+// with 1, 2, 3 threads and OpenBLAS's Haswell and SkylakeX kernels). OpenBLAS's own threading
+// was measured and rejected: with its Haswell kernels, 1 vs 2 threads changed the rounding
+// of ~5% of the elements of a 1024 x 4096 x 896 product. Throughput is not lost: on this
+// 2-core Xeon (OpenBLAS 0.3.21, OPENBLAS_CORETYPE=SkylakeX, otherwise idle) single-threaded
+// sgemm ran 104-122 GFLOP/s per core on 256 x 4096 x 896 blocks against 216-245 GFLOP/s for
+// 2 OpenBLAS threads on 512-1024 x 4096 tiles; 128-row blocks were ~10% slower than 256.
 //
-// Tile sizes (defaults, measured; see `defaultTileRows`): one plain 2048 x 32768 x 896 sgemm
-// ran 288 GFLOP/s, tiles of 1024 x 4096 245, 512 x 4096 235, 256 x 4096 216, 512 x 2048 223.
+// Tile sizes (defaults 1024 x 4096, measured): one plain 2048 x 32768 x 896 sgemm ran 288
+// GFLOP/s with 2 threads; 1024 x 4096 tiles 245, 512 x 4096 235, 256 x 4096 216, 512 x 2048
+// 223. Fused fwd + bwd at N=2048, H=896, V=32768 ran 1.1-1.3x the time of 4 plain sgemms
+// in the same run (python/benchmarks/bench_logprobs.py; a shared, loaded machine).
 // The scratch is tileRows x tileCols floats plus 4 floats per tile row: 16 MiB + 16 KiB with
-// the defaults, independent of N and V (`scratchBytes`). OpenBLAS keeps its own fixed
-// per-thread packing buffers (allocated once by the library, not per call).
+// the defaults, independent of N and V (`scratchBytes`), mapped per call with mmap and
+// returned with munmap. OpenBLAS keeps its own fixed per-thread packing buffers (allocated
+// once by the library, not per call).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -69,7 +75,7 @@ public enum FusedLMHead {
     /// Rows of a tile per parallel task: each task runs one single-threaded sgemm for its rows
     /// (and folds them). Fixed, so every output element is always computed by a GEMM of the
     /// same shape, whatever the thread count.
-    public static let gemmRows = 128
+    public static let gemmRows = 256
     /// Vocabulary columns per parallel task of the grad_weight GEMM and bias column sums.
     public static let gemmCols = 256
 
