@@ -156,6 +156,24 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_eager_function_path_equals_the_custom_op():
+    """Eager calls run the op's implementation through autograd.Function (less Python overhead);
+    torch.compile uses the registered custom op: both give the same bits."""
+    p = problem(9)
+    cfg = grpo_swift.LossConfig(loss_type="grpo", beta=0.04, entropy_coef=0.1, importance_sampling_level="sequence")
+    ints, floats = tloss._split_config(cfg._native_args)
+    outs = []
+    for call in (tloss._policy_loss_op, tloss._PolicyLossFunction.apply):
+        lp = p["lp"].clone().requires_grad_(True)
+        ent = p["ent"].clone().requires_grad_(True)
+        loss, metrics, _, _ = call(lp, p["adv"], p["mask"], p["old"], p["ref"], None, ent, None, None, ints, floats,
+                                   True, "t")
+        (loss * 0.75).backward()
+        outs.append((loss, metrics, lp.grad, ent.grad))
+    for a, b in zip(*outs):
+        assert a.dtype == b.dtype and a.detach().numpy().tobytes() == b.detach().numpy().tobytes()
+
+
 def test_opcheck():
     p = problem(7, dtype=torch.float64)
     for cfg, with_ent in ((grpo_swift.LossConfig(loss_type="grpo", beta=0.04, entropy_coef=0.1), True),
