@@ -241,3 +241,12 @@ def test_errors():
     gst.grpo_loss(lp, adv, mask, old_per_token_logps=p["old"], ref_per_token_logps=p["ref"], beta=0.1)
     for k, v in p.items():
         assert torch.equal(v, snap[k]), k
+
+
+def test_double_backward_raises_instead_of_a_silent_zero():
+    p = problem(10)
+    lp = p["lp"].clone().requires_grad_(True)
+    loss, _ = gst.grpo_loss(lp, p["adv"], p["mask"], old_per_token_logps=p["old"])
+    (g,) = torch.autograd.grad(loss, lp, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        g.sum().backward()
