@@ -37,6 +37,7 @@ import numbers
 import types
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -163,7 +164,20 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # no (B, T) zero tensors for the outputs nobody differentiates
 
 
-def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h):
+def _scale(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """g_loss * grad (in grad's dtype), cast to `dtype`: torch ops, traceable (the op's formula)."""
+    return (g_loss * grad).to(dtype)
+
+
+def _scale_eager(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The same product through numpy's single-threaded multiply (g_loss has grad's dtype: the
+    same IEEE product), which does not wait on torch's intra-op thread pool on a busy machine."""
+    out = torch.empty(grad.shape, dtype=grad.dtype)
+    np.multiply(grad.numpy(), grad.numpy().dtype.type(g_loss.item()), out=out.numpy())
+    return out if dtype == out.dtype else out.to(dtype)
+
+
+def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale):
     grad, grad_h = ctx.saved_tensors
     if ctx.compute_grad is False:
         raise RuntimeError("grpo_swift::policy_loss was called with compute_grad=False, so it has no gradient; "
@@ -172,9 +186,9 @@ def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h):
     if g_loss is None:
         return (None,) * 13
     if ctx.needs_input_grad[0]:
-        d_lp = (g_loss * grad).to(ctx.logps_dtype)
+        d_lp = scale(g_loss, grad, ctx.logps_dtype)
     if ctx.needs_input_grad[6] and grad_h.numel() == grad.numel() and grad.numel() > 0:
-        d_ent = (g_loss * grad_h).to(ctx.entropies_dtype)
+        d_ent = scale(g_loss, grad_h, ctx.entropies_dtype)
     return d_lp, None, None, None, None, None, d_ent, None, None, None, None, None, None
 
 
@@ -194,7 +208,10 @@ class _PolicyLossFunction(torch.autograd.Function):
 
     # The saved gradient carries no graph: a double backward would silently miss the second
     # derivative, so it raises instead.
-    backward = staticmethod(once_differentiable(_backward))
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_loss, g_metrics, g_grad, g_grad_h):
+        return _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale_eager)
 
 
 def _run(*args):
