@@ -254,7 +254,7 @@ public enum PolicyLoss {
         let isF32 = S.self == Float.self
         let fastKind = lossType.isClipped ? 0 : lossType == .cispo ? 1 : lossType == .sapo ? 2 : -1
         let fast = isF32 && T > 0 && !sequence && fastKind >= 0 && !advPerToken
-            && !isPerToken && !offPolicy
+            && !isPerToken
         let fastParams = FastPolicyLoss.Params(
             lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
             delta: Float(cfg.delta ?? 0), useDelta: useDelta, beta: Float(cfg.beta), bias: bias,
@@ -283,25 +283,6 @@ public enum PolicyLoss {
                     let invL = 1 / Double(Swift.max(L, 1))
                     let w = rowWeight(L)
                     let aRow: R = advPerToken ? 0 : inp.advantages.value(i, as: R.self)
-                    if fast, let fLp, let fMask {
-                        let lpRow = fLp + base
-                        let sums = FastPolicyLoss.row(
-                            lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
-                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow),
-                            f: Float(inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1), w: w,
-                            p: fastParams, gate: gate, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
-                            gradHValue: Float(entropyGrad))
-                        let o = i * RowStat.count
-                        st[o + RowStat.policy] = sums.policy
-                        st[o + RowStat.kl] = sums.kl
-                        st[o + RowStat.entropy] = sums.entropy
-                        st[o + RowStat.entropyEff] = sums.entropyEff
-                        st[o + RowStat.low] = sums.low
-                        st[o + RowStat.high] = sums.high
-                        st[o + RowStat.region] = sums.region
-                        st[o + RowStat.cispo] = sums.cispo
-                        continue
-                    }
 
                     // Row statistics.
                     var slr = 0.0, sv = 0.0, skl = 0.0
@@ -343,6 +324,28 @@ public enum PolicyLoss {
                     }
                     let isrRow: R = (!isPerToken && lossType != .vespo)
                         ? (inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1) : 1
+                    // float32 SIMD path for token-level rows (PolicyLoss+Fast.swift).
+                    let keepRow = !offPolicy || advPerToken || aRow >= 0 || lowKL
+                    if fast, let fLp, let fMask {
+                        let lpRow = fLp + base
+                        let sums = FastPolicyLoss.row(
+                            lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
+                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow),
+                            f: Float(keepRow ? isrRow : 0), w: w,
+                            p: fastParams, gate: gate, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
+                            gradHValue: Float(entropyGrad))
+                        let o = i * RowStat.count
+                        st[o + RowStat.policy] = sums.policy
+                        st[o + RowStat.kl] = sums.kl
+                        st[o + RowStat.entropy] = sums.entropy
+                        st[o + RowStat.entropyEff] = sums.entropyEff
+                        st[o + RowStat.low] = sums.low
+                        st[o + RowStat.high] = sums.high
+                        st[o + RowStat.region] = sums.region
+                        st[o + RowStat.cispo] = sums.cispo
+                        st[o + RowStat.dropped] = !keepRow && L > 0 ? 1 : 0
+                        continue
+                    }
 
                     // With one advantage per row, the policy factors of a sequence-level ratio
                     // (or vespo's row weight) are the same for every token of the row.
