@@ -344,6 +344,126 @@ grpo_status grpo_policy_loss(const grpo_loss_inputs *inputs, const grpo_loss_con
 
 /* ==== log-probs: section owned by the log-prob kernels (issue 5) ==== */
 
+/*
+ * Per-token log-probabilities and entropy (TRL 1.16 `selective_log_softmax`,
+ * `entropy_from_logits`, `ChunkedLogProbFunction`).
+ *
+ * Maths, per row i (V = vocabulary, tau = temperature, y = target):
+ *   z = logits / tau,  lse = logsumexp(z),  lp = z[y] - lse  (always <= 0),
+ *   H = lse - sum_v p_v z_v  (p = softmax(z); shift-invariant),
+ *   d lp / d logits_v = (1[v = y] - p_v) / tau,  d H / d logits_v = -p_v (log p_v + H) / tau.
+ * Unscored rows: a target < 0 (TRL's label -100) or row_mask[i] == 0 gives lp = 0, H = 0,
+ * logsumexp = 0 and a zero gradient row (TRL masks both outputs with masked_fill, so no
+ * gradient flows through them). A target >= V is GRPO_ERR_VALUE. Non-finite logits give
+ * non-finite outputs (as torch does), never a trap.
+ * Arithmetic is float32 (float64 for F64 logits); exp is a vectorised polynomial accurate to
+ * 2 ulp. `logsumexp` is ALWAYS float64: it carries the float32 max and log-sum-exp without
+ * rounding, so a backward from it is as accurate as one that recomputes them.
+ * Results are bitwise identical for any thread count.
+ */
+
+/**
+ * Forward from logits. No-grad inference (old/ref policies): pass logsumexp = NULL; nothing
+ * needs to be kept.
+ *
+ * logits:      (n, vocab) row-major, element type `dtype` (a grpo_dtype: F32, F64, BF16 as
+ *              uint16 bits, F16).
+ * targets:     (n) int64.
+ * row_mask:    (n) uint8 or NULL (all rows scored).
+ * temperature: > 0 and finite.
+ * Outputs, each (n): log_probs (required) and entropy (NULL to skip) as float32, or float64
+ * when dtype is GRPO_F64; logsumexp (float64, NULL to skip): save it for the backward.
+ */
+grpo_status grpo_selective_log_softmax(const void *logits, int32_t dtype, ptrdiff_t n,
+                                       ptrdiff_t vocab, const int64_t *targets,
+                                       const uint8_t *row_mask, double temperature,
+                                       void *log_probs, void *entropy, double *logsumexp,
+                                       char *err, size_t errlen);
+
+/**
+ * Backward from logits: writes grad_logits = d(sum_i gl_i lp_i + gh_i H_i) / d logits.
+ *
+ * logits, dtype, n, vocab, targets, row_mask, temperature: as in the forward.
+ * logsumexp:       (n) float64 from the forward, or NULL to recompute it (one more pass).
+ * entropy:         (n) from the forward (float32; float64 for F64); required when
+ *                  grad_entropy is given and logsumexp is not NULL (else recomputed).
+ * grad_log_probs:  (n) or NULL (= zeros); float32, or float64 for F64.
+ * grad_entropy:    (n) or NULL (= zeros); same type.
+ * grad_logits:     (n, vocab) of element type grad_dtype, which must be GRPO_F32 or equal to
+ *                  dtype (GRPO_F64 logits: GRPO_F64 only). In-place option: grad_logits may be
+ *                  EXACTLY the logits pointer (same dtype): the logits are then overwritten with
+ *                  their gradient, saving an n x vocab buffer. Any other overlap is
+ *                  GRPO_ERR_VALUE.
+ */
+grpo_status grpo_selective_log_softmax_backward(
+    const void *logits, int32_t dtype, ptrdiff_t n, ptrdiff_t vocab, const int64_t *targets,
+    const uint8_t *row_mask, double temperature, const double *logsumexp, const void *entropy,
+    const void *grad_log_probs, const void *grad_entropy, void *grad_logits, int32_t grad_dtype,
+    char *err, size_t errlen);
+
+/** Options of the fused LM head (names as in TRL). */
+typedef struct grpo_lm_head_config {
+    /** > 0 and finite. */
+    double temperature;
+    /** Multiplies hidden W^T + bias before the softcap; finite (1.0 = none). */
+    double logit_scale;
+    /** c > 0: logits -> c tanh(logits / c); 0 = no softcapping. */
+    double final_logit_softcapping;
+    /** Rows / vocabulary columns per tile, 0 = the measured defaults, at most 65536. */
+    ptrdiff_t tile_rows;
+    ptrdiff_t tile_cols;
+} grpo_lm_head_config;
+
+/**
+ * Fused LM head forward: lp and H of logits = (hidden weight^T + bias) * logit_scale
+ * (softcapped) / temperature, WITHOUT materialising the n x vocab logits (tiles of
+ * tile_rows x tile_cols through cblas_sgemm; see grpo_fused_log_probs_scratch_bytes).
+ *
+ * hidden: (n, hidden_size) float32.  weight: (vocab, hidden_size) float32.
+ * bias:   (vocab) float32 or NULL.   targets: (n) int64, < 0 = not scored.
+ * Outputs, each (n): log_probs (float32, required), entropy (float32, NULL to skip),
+ * logsumexp (float64, NULL to skip: the no-grad inference entry point for old/ref
+ * log-probs, nothing is kept for a backward).
+ */
+grpo_status grpo_fused_log_probs_f32(const float *hidden, const float *weight, const float *bias,
+                                     ptrdiff_t n, ptrdiff_t hidden_size, ptrdiff_t vocab,
+                                     const int64_t *targets, const grpo_lm_head_config *cfg,
+                                     float *log_probs, float *entropy, double *logsumexp,
+                                     char *err, size_t errlen);
+
+/**
+ * Fused LM head backward: gradients of sum_i (gl_i lp_i + gh_i H_i). Each tile is recomputed,
+ * turned into d loss / d logits in place, and accumulated in float32 into
+ *   grad_hidden (n, hidden_size), grad_weight (vocab, hidden_size) (ONE buffer), grad_bias
+ *   (vocab); each may be NULL (not computed) and is OVERWRITTEN (not accumulated into).
+ * grad_bias requires bias. logsumexp (n, float64, required) and entropy (n, float32; required
+ * when grad_entropy is given) come from the forward. grad_log_probs / grad_entropy: (n)
+ * float32 or NULL (= zeros). Other arguments as in the forward (same values).
+ */
+grpo_status grpo_fused_log_probs_backward_f32(
+    const float *hidden, const float *weight, const float *bias, ptrdiff_t n,
+    ptrdiff_t hidden_size, ptrdiff_t vocab, const int64_t *targets,
+    const grpo_lm_head_config *cfg, const double *logsumexp, const float *entropy,
+    const float *grad_log_probs, const float *grad_entropy, float *grad_hidden,
+    float *grad_weight, float *grad_bias, char *err, size_t errlen);
+
+/**
+ * Bytes of scratch one fused forward or backward call allocates for these sizes:
+ * min(n, tile_rows) x min(vocab, tile_cols) floats plus 4 floats per tile row, bounded
+ * independently of n and vocab (16 MiB + 16 KiB with the default tiles). Written to *bytes.
+ */
+grpo_status grpo_fused_log_probs_scratch_bytes(ptrdiff_t n, ptrdiff_t hidden_size,
+                                               ptrdiff_t vocab, const grpo_lm_head_config *cfg,
+                                               ptrdiff_t *bytes, char *err, size_t errlen);
+
+/**
+ * Benchmark anchor: one plain row-major cblas_sgemm c (m x n) = a (m x k) b^T (b is n x k)
+ * with OpenBLAS's own threading set to grpo_get_num_threads(). Not a kernel of the library.
+ */
+grpo_status grpo_benchmark_sgemm_nt_f32(const float *a, const float *b, ptrdiff_t m,
+                                        ptrdiff_t n, ptrdiff_t k, float *c,
+                                        char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,9 +8,23 @@ Front doors: this module (numpy), `grpo_swift.torch` (autograd functions; needs 
 """
 from __future__ import annotations
 
-from . import _native
-from ._advantages import AdvantagesResult, group_advantages
-from ._loss import LossConfig, LossResult, grpo_loss, loss_with_config
+from ._blas import configure_openblas_coretype as _configure_openblas_coretype
+
+_configure_openblas_coretype()  # must run before _native loads libopenblas (see _blas.py)
+
+from . import _native  # noqa: E402
+from ._advantages import AdvantagesResult, group_advantages  # noqa: E402
+from ._logprobs import (  # noqa: E402
+    LogProbsResult,
+    fused_log_probs,
+    fused_log_probs_backward,
+    fused_log_probs_forward,
+    fused_log_probs_scratch_bytes,
+    selective_log_softmax,
+    selective_log_softmax_backward,
+    selective_log_softmax_forward,
+)
+from ._loss import LossConfig, LossResult, grpo_loss, loss_with_config  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -21,6 +35,14 @@ __all__ = [
     "LossResult",
     "grpo_loss",
     "loss_with_config",
+    "LogProbsResult",
+    "selective_log_softmax",
+    "selective_log_softmax_forward",
+    "selective_log_softmax_backward",
+    "fused_log_probs",
+    "fused_log_probs_forward",
+    "fused_log_probs_backward",
+    "fused_log_probs_scratch_bytes",
     "get_num_threads",
     "set_num_threads",
     "__version__",

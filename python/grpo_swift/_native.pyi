@@ -20,3 +20,28 @@ def policy_loss(
     entropies: Any | None, advantages: Any, mask: Any, importance_sampling_ratio: Any | None,
     config: tuple, out_grad: Any | None, out_grad_entropies: Any | None, /
 ) -> tuple[float, ...]: ...
+def selective_log_softmax(
+    logits: Any, dtype: int, targets: Any, row_mask: Any | None, temperature: float,
+    out_log_probs: Any, out_entropy: Any | None, out_logsumexp: Any | None, /
+) -> None: ...
+def selective_log_softmax_backward(
+    logits: Any, dtype: int, targets: Any, row_mask: Any | None, temperature: float,
+    logsumexp: Any | None, entropy: Any | None, grad_log_probs: Any | None, grad_entropy: Any | None,
+    out_grad_logits: Any, grad_dtype: int, /
+) -> None: ...
+def fused_log_probs(
+    hidden: Any, weight: Any, bias: Any | None, targets: Any, temperature: float, logit_scale: float,
+    softcap: float, tile_rows: int, tile_cols: int, out_log_probs: Any, out_entropy: Any | None,
+    out_logsumexp: Any | None, /
+) -> None: ...
+def fused_log_probs_backward(
+    hidden: Any, weight: Any, bias: Any | None, targets: Any, temperature: float, logit_scale: float,
+    softcap: float, tile_rows: int, tile_cols: int, logsumexp: Any, entropy: Any | None,
+    grad_log_probs: Any | None, grad_entropy: Any | None, out_grad_hidden: Any | None,
+    out_grad_weight: Any | None, out_grad_bias: Any | None, /
+) -> None: ...
+def fused_log_probs_scratch_bytes(
+    n: int, hidden_size: int, vocab: int, temperature: float, logit_scale: float, softcap: float,
+    tile_rows: int, tile_cols: int, /
+) -> int: ...
+def benchmark_sgemm_nt(a: Any, b: Any, out_c: Any, /) -> None: ...

@@ -18,6 +18,7 @@ static PyMethodDef *const method_tables[] = {
     gs_core_methods,
     gs_advantages_methods,
     gs_loss_methods,
+    gs_logprobs_methods,
 };
 
 static int native_exec(PyObject *module) {

@@ -59,5 +59,6 @@ PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg)
 extern PyMethodDef gs_core_methods[];
 extern PyMethodDef gs_advantages_methods[];
 extern PyMethodDef gs_loss_methods[];
+extern PyMethodDef gs_logprobs_methods[];
 
 #endif
