@@ -83,7 +83,8 @@ def main() -> None:
         have_torch = False
         print("  torch/trl not installed: only the memcopy anchor is measured")
 
-    for B, T, repeats, inner in ((64, 1024, 15, 5), (8, 128, 15, 200)):
+    sizes = ((64, 1024, 15, 5), (8, 128, 15, 200)) if not quick() else ((8, 64, 2, 2), (2, 16, 2, 2))
+    for B, T, repeats, inner in sizes:
         if quick():
             inner = max(1, inner // 20)
         lp, old, ref, adv, mask = make(B, T)
@@ -145,16 +146,17 @@ def other_loss_types() -> None:
     """Every loss type at B=64, T=1024 (beta=0.04) against TRL's own _compute_loss."""
     from _trl_reference import trl_loss
 
-    lp, old, ref, adv, mask = make(64, 1024, seed=1)
+    B, T = (64, 1024) if not quick() else (4, 32)
+    lp, old, ref, adv, mask = make(B, T, seed=1)
     ent = np.abs(ref)
-    print("\nevery loss type, B=64, T=1024, float32, beta=0.04 (anchor: TRL _compute_loss fwd+bwd)")
+    print(f"\nevery loss type, B={B}, T={T}, float32, beta=0.04 (anchor: TRL _compute_loss fwd+bwd)")
     print(f"  {'configuration':<44} {'TRL':>12} {'grpo_swift':>12} {'speed-up':>9}")
     configs = [dict(loss_type=t) for t in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo")]
     configs += [dict(loss_type="grpo", importance_sampling_level="sequence"),
                 dict(loss_type="dapo", top_entropy_quantile=0.2, entropies=ent, entropy_coef=0.01),
                 dict(loss_type="dapo", off_policy_mask_threshold=0.05, sampling_logps=old)]
     for extra in configs:
-        kw = dict(old_logps=old, ref_logps=ref, beta=0.04, max_completion_length=1024,
+        kw = dict(old_logps=old, ref_logps=ref, beta=0.04, max_completion_length=T,
                   epsilon_high=5.0 if extra["loss_type"] == "cispo" else 0.28, **extra)
         t_trl = median_time(lambda: trl_loss(lp, adv, mask, **kw), repeats=5 if not quick() else 2)
         t_ours = median_time(lambda: grpo_swift.grpo_loss(lp, adv, mask, **kw), repeats=15, inner=3)
