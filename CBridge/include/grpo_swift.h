@@ -188,7 +188,8 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  * rows for per-row advantages, over valid tokens for (B,T) advantages.
  * Precision: the per-token maths runs in float for f32/bf16/f16 inputs, in double for f64.
  * float32 inputs with one advantage per row take SIMD8 paths (FMA polynomial exp/expm1, a
- * few ulp) for every loss type and level, except a per-token IS ratio with a non-vespo loss;
+ * few ulp) for every loss type and level, except a per-token IS ratio with a non-vespo loss
+ * and token-level vespo with bias-corrected KL;
  * other inputs take the scalar path. k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1;
  * parity within tolerance).
  */
