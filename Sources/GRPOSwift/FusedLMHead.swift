@@ -23,8 +23,9 @@
 //
 // Threading and determinism. Parallelism comes from Dispatch workers
 // (Parallel.forEachChunk), each running SINGLE-threaded sgemm calls on fixed sub-blocks:
-// `gemmRows` tile rows (forward, backward logits + grad_hidden; the same task then folds its
-// rows while they are in cache) or `gemmCols` vocabulary columns (grad_weight, grad_bias).
+// `gemmRows` (256) tile rows (forward, backward logits + grad_hidden; the same task then folds its
+// rows while they are in cache) or `gemmCols` (1024) vocabulary columns (grad_weight,
+// grad_bias; 256 made every task re-pack the same hidden block, ~2x the packing work).
 // The partition never depends on the thread count, every output element is always produced
 // by a GEMM of the same shape and accumulated in the same order (vocabulary slices, then
 // row blocks, in sequence), so results are bitwise identical for any thread count (tested
@@ -77,7 +78,7 @@ public enum FusedLMHead {
     /// same shape, whatever the thread count.
     public static let gemmRows = 256
     /// Vocabulary columns per parallel task of the grad_weight GEMM and bias column sums.
-    public static let gemmCols = 256
+    public static let gemmCols = 1024
 
     struct Plan {
         let rows: Int, hidden: Int, vocab: Int
