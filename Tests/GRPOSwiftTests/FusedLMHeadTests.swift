@@ -199,8 +199,10 @@ struct FusedCase {
     }
 
     @Test func threadCountDoesNotChangeBits() throws {
-        let c = FusedCase(rows: 150, hiddenSize: 64, vocab: 1500, bias: true, seed: 36)
-        let config = LMHeadConfig(temperature: 0.8, finalLogitSoftcapping: 10, tileRows: 64, tileCols: 512)
+        // Several sub-GEMM tasks per tile: 600 rows > gemmRows, 2100 tile columns > gemmCols.
+        #expect(600 > 2 * FusedLMHead.gemmRows && 2100 > 2 * FusedLMHead.gemmCols)
+        let c = FusedCase(rows: 600, hiddenSize: 32, vocab: 2500, bias: true, seed: 36)
+        let config = LMHeadConfig(temperature: 0.8, finalLogitSoftcapping: 10, tileRows: 0, tileCols: 2100)
         let gl = [Float](repeating: 0.5, count: c.rows), gh = [Float](repeating: -0.25, count: c.rows)
         try Parallel.setNumThreads(1)
         let f1 = try c.forward(config)
