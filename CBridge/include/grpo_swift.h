@@ -142,6 +142,206 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
 
 /* ==== policy loss: section owned by the loss kernel (issue 3) ==== */
 
+/*
+ * The GRPO policy loss of every variant TRL 1.16 supports (GRPOTrainer._compute_loss), its
+ * gradient with respect to the per-token log-probs in closed form, and the metrics TRL logs.
+ *
+ * Notation: B rows, T positions, m the 0/1 mask, L_i = sum_t m_it, A advantages, lp logps.
+ *   log_ratio = lp - old (old = stop_grad(lp) when old_logps is NULL: ratio 1 with gradient)
+ *   token level:    r_it = exp(log_ratio_it)
+ *   sequence level: r_i  = exp(sum_t(log_ratio m)_i / max(L_i, 1))          (GSPO)
+ *   grpo/bnpo/dr_grpo/dapo/luspo: c2 = clamp(r, 1-epsilon, 1+epsilon_high),
+ *        c1 = r (min(r, delta) when use_delta), l = -min(c1 A, c2 A)
+ *        (torch.min/clamp gradients: a tie sends half of the gradient to each branch;
+ *        clamp passes the gradient only strictly inside its bounds, so a ratio exactly on
+ *        a clip boundary gets half the unclipped gradient).
+ *   cispo: l = -sg(min(r, epsilon_high)) A lp
+ *   sapo:  tau = sapo_temperature_pos if A > 0 else _neg; l = -(4/tau) sigmoid(tau (r-1)) A
+ *   vespo: s_i = sum_t clamp(log_ratio, -20, 20) m (+ sum_t clamp(log IS, log 1e-8, 20) m),
+ *          logw = clamp(s_i, log 1e-8, 20), (k, lam) by A >= 0 (lam clamped to >= 1e-4),
+ *          phi = exp(lam + k logw - lam exp(logw)) (non-finite -> 0), detached; l = -phi A lp
+ *   Then l *= off-policy keep (A >= 0 or mean_t((sampling - lp) m) <= threshold, NaN
+ *   differences count as 0, sampling defaults to old, then to lp), l *= high-entropy mask,
+ *   l *= importance_sampling_ratio (not for vespo), l += beta kl with
+ *   kl = expm1(ref - lp) - (ref - lp) (times r when use_bias_correction_kl).
+ *
+ * Aggregation (GA = gradient_accumulation_steps, W = num_processes, S = steps_per_generation,
+ * N = num_items_in_batch), exactly TRL 1.16 in training mode:
+ *   grpo, sapo:          loss = mean_i[ sum_t(l m)_i / max(L_i, 1) ] / GA
+ *   bnpo:                loss = sum(l m) / max(sum m, 1) / GA
+ *   dr_grpo:             loss = sum(l m) / (B * max_completion_length) / GA
+ *   dapo, cispo, vespo:  loss = sum(l m) / (max(N, 1) / W * GA / S)
+ *   luspo:               loss = mean_i[ sum_t(l m)_i ] / GA
+ * The kernel takes these raw numbers (never guesses them). For TRL's eval mode pass GA = S = 1.
+ * Entropy bonus (entropy_coef != 0): loss -= entropy_coef * sum(H e) / max(sum e, 1) / GA with
+ * e = m (times the high-entropy mask when top_entropy_quantile < 1).
+ * High-entropy mask (top_entropy_quantile < 1): keep valid tokens with H >= q, q the
+ * torch.quantile (linear interpolation, float32) of the valid entropies at 1 - top_entropy_quantile.
+ *
+ * Masked positions (m = 0) never affect anything, whatever they hold (NaN/inf included); a fully
+ * masked batch gives loss 0 and gradient 0. Deviations from TRL (both only where TRL would read
+ * masked positions): vespo sums the log IS ratio over valid tokens only (TRL sums all T;
+ * identical when padding holds ratio 1, as TRL's own pipeline produces); with T == 1 the
+ * metrics are token means over valid tokens (TRL's (B,1) branch averages every row).
+ * Metrics follow TRL's shapes otherwise: with sequence-level ratios and per-row advantages the
+ * clip ratios / cispo_clip_ratio are means over all B rows; vespo/phi_seq_mean is a mean over
+ * rows for per-row advantages, over valid tokens for (B,T) advantages.
+ * Precision: the per-token maths runs in float for f32/bf16/f16 inputs (a SIMD8 path with
+ * FMA polynomial exp/expm1, a few ulp, covers float32 token-level clipped losses), in double
+ * for f64; k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1; parity within tolerance).
+ */
+
+/** Loss variants (TRL's `loss_type`). */
+typedef enum grpo_loss_type {
+    GRPO_LOSS_GRPO = 0,
+    GRPO_LOSS_BNPO = 1,
+    GRPO_LOSS_DR_GRPO = 2,
+    GRPO_LOSS_DAPO = 3,
+    GRPO_LOSS_LUSPO = 4,
+    GRPO_LOSS_CISPO = 5,
+    GRPO_LOSS_SAPO = 6,
+    GRPO_LOSS_VESPO = 7
+} grpo_loss_type;
+
+/** TRL's `importance_sampling_level`. */
+typedef enum grpo_importance_sampling_level {
+    GRPO_IS_TOKEN = 0,
+    GRPO_IS_SEQUENCE = 1
+} grpo_importance_sampling_level;
+
+/** Hyper-parameters of the policy loss (names as in TRL's GRPOConfig). */
+typedef struct grpo_loss_config {
+    /** A grpo_loss_type value. */
+    int32_t loss_type;
+    /** A grpo_importance_sampling_level value. */
+    int32_t importance_sampling_level;
+    /** 1: multiply the KL term by the importance ratio (use_bias_correction_kl). */
+    int32_t use_bias_correction_kl;
+    /** 1: two-sided clipping, the ratio's unclipped branch is capped at `delta`. */
+    int32_t use_delta;
+    /** 1: off-policy sequence mask with `off_policy_mask_threshold`. */
+    int32_t use_off_policy_mask;
+    int32_t reserved;
+    /** KL coefficient; != 0 requires ref_logps. */
+    double beta;
+    /** Lower clip epsilon (TRL `epsilon`). */
+    double epsilon;
+    /** Upper clip epsilon (TRL resolves `epsilon_high=None` to `epsilon`: the caller does). For
+        cispo, the absolute cap on the ratio. */
+    double epsilon_high;
+    double delta;
+    double off_policy_mask_threshold;
+    /** In [0, 1]; 1 disables the high-entropy mask; < 1 requires entropies. */
+    double top_entropy_quantile;
+    /** Entropy bonus coefficient; != 0 requires entropies. */
+    double entropy_coef;
+    /** > 0. */
+    double sapo_temperature_pos;
+    double sapo_temperature_neg;
+    double vespo_k_pos;
+    double vespo_lambda_pos;
+    double vespo_k_neg;
+    double vespo_lambda_neg;
+    /** N for dapo/cispo/vespo: global active tokens of the generation batch (>= 0). A negative
+        value means "the active tokens of this call" (single process, one micro-batch). */
+    double num_items_in_batch;
+    /** W >= 1. */
+    ptrdiff_t num_processes;
+    /** GA >= 1 (TRL's current_gradient_accumulation_steps). */
+    ptrdiff_t gradient_accumulation_steps;
+    /** S >= 1, or 0 for "= GA" (TRL's default). */
+    ptrdiff_t steps_per_generation;
+    /** >= 1, required by dr_grpo (0 = not given). */
+    ptrdiff_t max_completion_length;
+} grpo_loss_config;
+
+/**
+ * Inputs of grpo_policy_loss. Every array is dense row-major.
+ * `dtype` (a grpo_dtype) is the element type of logps, old_logps, ref_logps, sampling_logps and
+ * entropies (each (B,T)); bf16 is raw 16-bit bits. `aux_dtype` is the element type of
+ * advantages and importance_sampling_ratio (any grpo_dtype; TRL keeps them float32).
+ */
+typedef struct grpo_loss_inputs {
+    /** B >= 1 rows, T >= 0 positions. */
+    ptrdiff_t batch;
+    ptrdiff_t length;
+    int32_t dtype;
+    int32_t aux_dtype;
+    /** (B,T), required. */
+    const void *logps;
+    /** (B,T) or NULL (on-policy: old = stop_grad(logps)). */
+    const void *old_logps;
+    /** (B,T); required when beta != 0, otherwise ignored except for the kl metric. */
+    const void *ref_logps;
+    /** (B,T) or NULL: the sampler's log-probs for the off-policy mask (defaults to old). */
+    const void *sampling_logps;
+    /** (B,T) or NULL: per-token entropies (high-entropy mask, entropy bonus, entropy metric). */
+    const void *entropies;
+    /** (B, advantages_cols), required; advantages_cols is 1 or T. */
+    const void *advantages;
+    ptrdiff_t advantages_cols;
+    /** (B,T) 0/1 (any other byte value is an error). */
+    const uint8_t *mask;
+    /** (B, importance_sampling_ratio_cols) or NULL: vLLM importance-sampling ratio, cols 1 or T
+        (vespo requires T). */
+    const void *importance_sampling_ratio;
+    ptrdiff_t importance_sampling_ratio_cols;
+} grpo_loss_inputs;
+
+/**
+ * Scalars of one call. Metric names follow TRL's logged keys; a metric TRL would not log for
+ * this configuration is NaN (kl without ref_logps, entropy without entropies, clip ratios for
+ * other loss types, ...).
+ */
+typedef struct grpo_loss_metrics {
+    /** The loss (what TRL's _compute_loss returns) = policy_term + kl_term + entropy_term. */
+    double loss;
+    /** TRL's logged `policy_loss`: the aggregated policy+KL loss before the division by GA
+        (grpo, bnpo, dr_grpo, luspo, sapo) or after the normaliser (dapo, cispo, vespo). */
+    double policy_loss;
+    /** Contribution of the policy term (l without beta kl) to loss. */
+    double policy_term;
+    /** Contribution of beta * kl to loss. */
+    double kl_term;
+    /** Contribution of the entropy bonus to loss (<= 0 for a positive coefficient). */
+    double entropy_term;
+    /** kl: token mean of the (bias-corrected) kl over valid tokens (NaN without ref_logps). */
+    double kl;
+    /** entropy: token mean of entropies over valid tokens (NaN without entropies). */
+    double entropy;
+    double clip_ratio_low_mean;
+    double clip_ratio_high_mean;
+    double clip_ratio_region_mean;
+    double clip_ratio_low_min;
+    double clip_ratio_high_max;
+    double cispo_clip_ratio;
+    double vespo_phi_seq_mean;
+    /** sum m, and the tokens the policy term acts on after the high-entropy mask. */
+    double num_tokens;
+    double num_entropy_tokens;
+    /** Rows dropped (whole or in part) by the off-policy mask. */
+    double num_off_policy_dropped;
+} grpo_loss_metrics;
+
+/**
+ * Computes the loss, d loss / d logps and d loss / d entropies, and the metrics.
+ *
+ * grad:           (B,T) or NULL (loss and metrics only). float32, or float64 when dtype is f64.
+ *                 Masked positions get 0.
+ * grad_entropies: (B,T), same type as grad: required when grad != NULL and entropy_coef != 0,
+ *                 must be NULL otherwise (grad_entropies = -entropy_coef e / max(sum e,1) / GA).
+ * metrics:        required.
+ * Accumulation: per-token maths in the input precision (float for f32/bf16/f16, double for
+ * f64), every sum in double. Parallel over rows; bitwise identical for any thread count.
+ * Errors: NULL (required pointer), SHAPE (sizes, cols), DTYPE, VALUE (unknown enum, invalid
+ * hyper-parameter, missing ref_logps with beta != 0, missing max_completion_length for dr_grpo,
+ * non-positive normalisers, a mask byte other than 0/1, vespo with a per-sequence IS ratio).
+ */
+grpo_status grpo_policy_loss(const grpo_loss_inputs *inputs, const grpo_loss_config *cfg,
+                             void *grad, void *grad_entropies, grpo_loss_metrics *metrics,
+                             char *err, size_t errlen);
+
+
 /* ==== log-probs: section owned by the log-prob kernels (issue 5) ==== */
 
 /*

@@ -17,6 +17,7 @@ static int cpu_has_avx2_fma(void) { return 1; }
 static PyMethodDef *const method_tables[] = {
     gs_core_methods,
     gs_advantages_methods,
+    gs_loss_methods,
     gs_logprobs_methods,
 };
 

@@ -58,6 +58,7 @@ PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg)
 /* Method tables of the kernel families, NULL-terminated. */
 extern PyMethodDef gs_core_methods[];
 extern PyMethodDef gs_advantages_methods[];
+extern PyMethodDef gs_loss_methods[];
 extern PyMethodDef gs_logprobs_methods[];
 
 #endif
