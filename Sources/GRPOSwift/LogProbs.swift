@@ -504,10 +504,4 @@ extension LogProbs {
         return g
     }
 }
-
-/// Calls `body` with a buffer view of `array`, or nil when `array` is nil.
-@inline(__always)
-func withOptionalBuffer<T, R>(_ array: [T]?, _ body: (UnsafeBufferPointer<T>?) -> R) -> R {
-    guard let array else { return body(nil) }
-    return array.withUnsafeBufferPointer { body($0) }
-}
+// (withOptionalBuffer is defined in PolicyLoss.swift.)
