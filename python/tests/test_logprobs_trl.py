@@ -221,7 +221,7 @@ def test_fused_bf16_inputs_equal_float32_path_on_same_values():
     labels = torch.randint(0, 700, (300,), generator=g)
     outs = []
     for dtype in (torch.bfloat16, torch.float32):
-        hh, ww, bb = (t.to(dtype).requires_grad_(True) for t in (h, w, b))
+        hh, ww, bb = (t.detach().clone().to(dtype).requires_grad_(True) for t in (h, w, b))
         lp, ent = gst.fused_log_probs(hh, ww, labels, bias=bb, temperature=0.7, final_logit_softcapping=8.0)
         (lp + 0.3 * ent).sum().backward()
         outs.append((lp, ent, hh.grad.to(torch.bfloat16), ww.grad.to(torch.bfloat16), bb.grad.to(torch.bfloat16)))
