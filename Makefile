@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup install test swift-test py-test demo bench clean
+.PHONY: setup install test swift-test py-test demo bench hardening clean
 
 setup:
 	@bash scripts/setup.sh "$(VENV)" "$(PYTHON)"
@@ -30,6 +30,10 @@ demo: install
 
 bench: install
 	$(PY) python/benchmarks/run_all.py
+
+# Issue-10 budgets: 8 Python threads x 1000 calls per kernel, 100,000 calls for the leak check.
+hardening: install
+	GRPO_HARDENING_SCALE=10 $(PY) -m pytest python/tests/test_hardening.py -q
 
 clean:
 	rm -rf .build .build-python build dist python/grpo_swift.egg-info

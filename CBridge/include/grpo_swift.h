@@ -186,9 +186,12 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  * Metrics follow TRL's shapes otherwise: with sequence-level ratios and per-row advantages the
  * clip ratios / cispo_clip_ratio are means over all B rows; vespo/phi_seq_mean is a mean over
  * rows for per-row advantages, over valid tokens for (B,T) advantages.
- * Precision: the per-token maths runs in float for f32/bf16/f16 inputs (a SIMD8 path with
- * FMA polynomial exp/expm1, a few ulp, covers float32 token-level clipped losses), in double
- * for f64; k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1; parity within tolerance).
+ * Precision: the per-token maths runs in float for f32/bf16/f16 inputs, in double for f64.
+ * float32 inputs with one advantage per row take SIMD8 paths (FMA polynomial exp/expm1, a
+ * few ulp) for every loss type and level, except a per-token IS ratio with a non-vespo loss
+ * and token-level vespo with bias-corrected KL;
+ * other inputs take the scalar path. k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1;
+ * parity within tolerance).
  */
 
 /** Loss variants (TRL's `loss_type`). */

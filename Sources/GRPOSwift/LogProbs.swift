@@ -504,4 +504,5 @@ extension LogProbs {
         return g
     }
 }
-// (withOptionalBuffer is defined in PolicyLoss.swift.)
+
+// withOptionalBuffer(_:_:) is shared with the loss kernel (PolicyLoss.swift).
