@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup install test swift-test py-test demo bench hardening clean
+.PHONY: setup install test swift-test py-test demo bench hardening fuzz clean
 
 setup:
 	@bash scripts/setup.sh "$(VENV)" "$(PYTHON)"
@@ -34,6 +34,10 @@ bench: install
 # Issue-10 budgets: 8 Python threads x 1000 calls per kernel, 100,000 calls for the leak check.
 hardening: install
 	GRPO_HARDENING_SCALE=10 $(PY) -m pytest python/tests/test_hardening.py -q
+
+# Property-based fuzzing: 6 properties x 3500 examples = 21,000 cases.
+fuzz: install
+	GRPO_FUZZ_EXAMPLES=3500 $(PY) -m pytest python/tests/test_fuzz.py -q
 
 clean:
 	rm -rf .build .build-python build dist python/grpo_swift.egg-info
