@@ -48,7 +48,7 @@ sanitize: setup
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=build-asan \
 		$(PY) -m pytest python/tests -q -p no:cacheprovider --deselect python/tests/test_benchmarks.py \
 		-k "not test_shipped_libraries and not import_works_without"
-	swift test --sanitize=address --scratch-path .build-san-address
+	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp swift test --sanitize=address --scratch-path .build-san-address
 	swift test --sanitize=thread --scratch-path .build-san-thread
 
 clean:
