@@ -89,14 +89,30 @@ def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool) -
 
 def _mask_u8(mask: torch.Tensor, fn: str):
     """The (B, T) mask as a uint8 0/1 buffer: in place for bool/uint8 (the kernel rejects any
-    byte other than 0/1), else converted after checking that it holds only 0 and 1."""
+    byte other than 0/1), else converted (numpy, one pass each) after checking that it holds
+    only 0 and 1."""
     if mask.dtype in (torch.bool, torch.uint8):
         return buffer_of(mask.contiguous())
-    bad = (mask != 0) & (mask != 1)
-    if bool(bad.any()):
-        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got "
-                         f"{mask[bad].flatten()[0].item()!r}")
-    return buffer_of(mask.to(torch.uint8).contiguous())
+    if mask.dtype == torch.bfloat16:  # numpy sees bfloat16 as int16 bits: compare as float32
+        mask = mask.float()
+    a = buffer_of(mask.contiguous())
+    with np.errstate(invalid="ignore"):
+        u8 = a.astype(np.uint8)
+    bad = (u8 != a) | (u8 > 1)
+    if bad.any():
+        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got {a[bad].flat[0].item()!r}")
+    return u8
+
+
+def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), round to nearest even (torch's rounding, in numpy);
+    NaN -> the quiet NaN 0x7FC0 (torch's vectorised path gives 0xFFFF: also a NaN)."""
+    b = x.view(np.uint32)
+    r = ((b + ((b >> 16) & 1) + np.uint32(0x7FFF)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        r[nan] = 0x7FC0
+    return r
 
 
 def _opt(t: Optional[torch.Tensor]):
@@ -172,9 +188,20 @@ def _scale(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torc
 def _scale_eager(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The same product through numpy's single-threaded multiply (g_loss has grad's dtype: the
     same IEEE product), which does not wait on torch's intra-op thread pool on a busy machine."""
-    out = torch.empty(grad.shape, dtype=grad.dtype)
-    np.multiply(grad.numpy(), grad.numpy().dtype.type(g_loss.item()), out=out.numpy())
-    return out if dtype == out.dtype else out.to(dtype)
+    g = grad.numpy()
+    if dtype == grad.dtype:
+        out = torch.empty(grad.shape, dtype=dtype)
+        np.multiply(g, g.dtype.type(g_loss.item()), out=out.numpy())
+        return out
+    prod = g * g.dtype.type(g_loss.item())
+    out = torch.empty(grad.shape, dtype=dtype)
+    if dtype == torch.bfloat16:
+        out.view(torch.int16).numpy().view(np.uint16)[...] = _to_bf16_bits(prod)
+    elif dtype == torch.float16:
+        out.numpy()[...] = prod  # IEEE round to nearest even, as torch
+    else:
+        return torch.from_numpy(prod).to(dtype)
+    return out
 
 
 def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale):
