@@ -184,7 +184,8 @@ def test_opcheck():
         torch.library.opcheck(tloss._policy_loss_op, (lp, p["adv"], p["mask"], p["old"], p["ref"], None, ent, None,
                                                       None, ints, floats, True, "grpo_loss"))
         torch.library.opcheck(tloss._policy_loss_op, (lp.detach(), p["adv"], p["mask"].bool(), None, p["ref"],
-                                                      p["samp"], p["ent"], p["isr"], torch.tensor(30.0, dtype=torch.float64),
+                                                      p["samp"], p["ent"], p["isr"],
+                                                      torch.tensor(30.0, dtype=torch.float64),
                                                       ints, floats, False, "grpo_loss"))
 
 
@@ -196,7 +197,8 @@ def test_errors():
         f(lp.to("meta"), adv, mask)
     with pytest.raises(TypeError, match=r"argument 'old_per_token_logps' is on device 'meta'.*\.cpu\(\)"):
         f(lp, adv, mask, old_per_token_logps=p["old"].to("meta"))
-    with pytest.raises(TypeError, match="'per_token_logps' must have dtype float32, float64, bfloat16, float16, got int64"):
+    with pytest.raises(TypeError, match="'per_token_logps' must have dtype float32, float64, bfloat16, float16, "
+                                        "got int64"):
         f(lp.long(), adv, mask)
     with pytest.raises(TypeError, match="'advantages' must have dtype .* got int64"):
         f(lp, adv.long(), mask)

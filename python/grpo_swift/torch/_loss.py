@@ -25,9 +25,9 @@ kernel and autograd formula registered, `torch.library.opcheck` clean), which is
 ``torch.compile(fullgraph=True)`` puts in the graph of a training step that calls `grpo_loss`:
 no graph break. Eager calls run the same implementation and backward formula through a
 `torch.autograd.Function`, which skips ~0.3 ms of dispatcher Python per call. Gradients are
-first-order only (a double backward raises in eager mode). Metrics are a dict of 0-d float64 tensors (the
-op returns one metrics tensor; `.item()` them for logging) — Python floats would force a
-graph break under torch.compile.
+first-order only (a double backward raises in eager mode). Metrics are a dict of 0-d float64
+tensors (the op returns one metrics tensor; `.item()` them for logging): Python floats would
+force a graph break under torch.compile.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _native
 from .._loss import _METRIC_FIELDS, LOSS_TYPES, LossConfig
-from ._interop import FLOAT_DTYPES, buffer_of, check_tensor
+from ._interop import buffer_of, check_tensor
 
 __all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
 
@@ -125,12 +125,12 @@ def _call_kernel(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, 
 
 
 def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    old_logps: Optional[torch.Tensor], ref_logps: Optional[torch.Tensor],
-                    sampling_logps: Optional[torch.Tensor], entropies: Optional[torch.Tensor],
-                    importance_sampling_ratio: Optional[torch.Tensor],
-                    num_items_in_batch: Optional[torch.Tensor], config_ints: list[int],
-                    config_floats: list[float], compute_grad: bool, fn: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      old_logps: Optional[torch.Tensor], ref_logps: Optional[torch.Tensor],
+                      sampling_logps: Optional[torch.Tensor], entropies: Optional[torch.Tensor],
+                      importance_sampling_ratio: Optional[torch.Tensor],
+                      num_items_in_batch: Optional[torch.Tensor], config_ints: list[int],
+                      config_floats: list[float], compute_grad: bool, fn: str
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, metrics (17,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
     (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
     native = (*config_ints[:_N_LEAD_INTS], *config_floats, *config_ints[_N_LEAD_INTS:])
