@@ -13,7 +13,10 @@ The torch layer is measured in eager and inside a torch.compile(fullgraph=True) 
 Also printed: the kernel with and without the gradient (why backward reuses the gradient the
 forward computed instead of recomputing it). Ratios > 1 mean grpo_swift is faster.
 
-    python python/benchmarks/bench_torch_loss.py [--quick] [--no-compile]
+    python python/benchmarks/bench_torch_loss.py [--quick] [--no-compile] [--threads N]
+--threads N sets both grpo_swift's and torch's thread counts (default: grpo_swift's, which torch
+then uses too). On a shared, oversubscribed machine --threads 1 gives steadier figures: a
+2-thread op waits for a descheduled worker.
 """
 from __future__ import annotations
 
@@ -78,6 +81,8 @@ def timed_compile(fn, *args) -> float:
 
 def main() -> None:
     compile_too = "--no-compile" not in sys.argv
+    if "--threads" in sys.argv:
+        grpo_swift.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     torch.set_num_threads(grpo_swift.get_num_threads())
     print("bench_torch_loss:", machine(), f"torch {torch.__version__} threads={torch.get_num_threads()}")
     try:

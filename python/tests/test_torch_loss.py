@@ -155,6 +155,13 @@ def test_compile_fullgraph_matches_eager():
     for a, b in zip(eager[0] + eager[1:], compiled[0] + compiled[1:]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
+    def bad(lp):
+        return gst.grpo_loss(lp, p["adv"], p["mask"], beta=0.1)[0]
+
+    # Validation runs at trace time: dynamo reports our message (inside its own exception type).
+    with pytest.raises(Exception, match="ref_per_token_logps is required when beta != 0"):
+        torch.compile(bad, fullgraph=True, backend="aot_eager")(p["lp"])
+
 
 def test_eager_function_path_equals_the_custom_op():
     """Eager calls run the op's implementation through autograd.Function (less Python overhead);

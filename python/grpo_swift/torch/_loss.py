@@ -386,7 +386,8 @@ def grpo_loss(per_token_logps: torch.Tensor, advantages: torch.Tensor, completio
         compute_grad: False returns a loss without autograd history (saves the gradient pass).
         **options: the hyper-parameters of `grpo_swift.grpo_loss` / `grpo_swift.LossConfig`
             (loss_type, beta, epsilon, epsilon_high, delta, importance_sampling_level, ...);
-            num_items_in_batch may be a 0-d tensor (TRL passes one).
+            num_items_in_batch may be a 0-d tensor (TRL passes one; under torch.compile pass a
+            tensor: a Python number that changes every step is a new constant to the graph).
 
     Returns:
         (loss, metrics): loss a 0-d tensor (float32; float64 for float64 log-probs); metrics a dict
