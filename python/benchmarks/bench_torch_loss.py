@@ -13,7 +13,10 @@ The torch layer is measured in eager and inside a torch.compile(fullgraph=True) 
 Also printed: the kernel with and without the gradient (why backward reuses the gradient the
 forward computed instead of recomputing it). Ratios > 1 mean grpo_swift is faster.
 
-    python python/benchmarks/bench_torch_loss.py [--quick] [--no-compile]
+    python python/benchmarks/bench_torch_loss.py [--quick] [--no-compile] [--threads N]
+--threads N sets both grpo_swift's and torch's thread counts (default: grpo_swift's, which torch
+then uses too). On a shared, oversubscribed machine --threads 1 gives steadier figures: a
+2-thread op waits for a descheduled worker.
 """
 from __future__ import annotations
 
@@ -78,6 +81,8 @@ def timed_compile(fn, *args) -> float:
 
 def main() -> None:
     compile_too = "--no-compile" not in sys.argv
+    if "--threads" in sys.argv:
+        grpo_swift.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     torch.set_num_threads(grpo_swift.get_num_threads())
     print("bench_torch_loss:", machine(), f"torch {torch.__version__} threads={torch.get_num_threads()}")
     try:
@@ -87,8 +92,11 @@ def main() -> None:
         pass
     from _trl_reference import trl_loss
 
-    eager_compiled = torch.compile(trl_maths, fullgraph=True)
-    ours_compiled = torch.compile(ours_step, fullgraph=True)
+    # --quick checks the harness: the aot_eager backend traces the same graphs without inductor's
+    # C++ compile (tens of seconds here).
+    backend = "aot_eager" if quick() else "inductor"
+    eager_compiled = torch.compile(trl_maths, fullgraph=True, backend=backend)
+    ours_compiled = torch.compile(ours_step, fullgraph=True, backend=backend)
     for B, T, repeats, inner in ((64, 1024, 11, 5), (8, 128, 11, 200)):
         if quick():
             inner = max(1, inner // 20)
@@ -154,7 +162,7 @@ def main() -> None:
         rows = [("torch eager loss maths fwd+bwd (anchor)", t_eager, "TRL's arithmetic, no metrics")]
         if compile_too:
             t_comp = measure(compiled_maths)
-            rows.append(("torch.compile loss maths fwd+bwd", t_comp, "inductor, fullgraph"))
+            rows.append(("torch.compile loss maths fwd+bwd", t_comp, f"{backend}, fullgraph"))
         t_trl = measure(trl, max(1, inner // 5))
         rows += [
             ("TRL _compute_loss fwd+bwd", t_trl, "TRL 1.16's own code, with its metrics"),

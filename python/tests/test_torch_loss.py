@@ -155,6 +155,13 @@ def test_compile_fullgraph_matches_eager():
     for a, b in zip(eager[0] + eager[1:], compiled[0] + compiled[1:]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
+    def bad(lp):
+        return gst.grpo_loss(lp, p["adv"], p["mask"], beta=0.1)[0]
+
+    # Validation runs at trace time: dynamo reports our message (inside its own exception type).
+    with pytest.raises(Exception, match="ref_per_token_logps is required when beta != 0"):
+        torch.compile(bad, fullgraph=True, backend="aot_eager")(p["lp"])
+
 
 def test_eager_function_path_equals_the_custom_op():
     """Eager calls run the op's implementation through autograd.Function (less Python overhead);
@@ -184,7 +191,8 @@ def test_opcheck():
         torch.library.opcheck(tloss._policy_loss_op, (lp, p["adv"], p["mask"], p["old"], p["ref"], None, ent, None,
                                                       None, ints, floats, True, "grpo_loss"))
         torch.library.opcheck(tloss._policy_loss_op, (lp.detach(), p["adv"], p["mask"].bool(), None, p["ref"],
-                                                      p["samp"], p["ent"], p["isr"], torch.tensor(30.0, dtype=torch.float64),
+                                                      p["samp"], p["ent"], p["isr"],
+                                                      torch.tensor(30.0, dtype=torch.float64),
                                                       ints, floats, False, "grpo_loss"))
 
 
@@ -196,7 +204,8 @@ def test_errors():
         f(lp.to("meta"), adv, mask)
     with pytest.raises(TypeError, match=r"argument 'old_per_token_logps' is on device 'meta'.*\.cpu\(\)"):
         f(lp, adv, mask, old_per_token_logps=p["old"].to("meta"))
-    with pytest.raises(TypeError, match="'per_token_logps' must have dtype float32, float64, bfloat16, float16, got int64"):
+    with pytest.raises(TypeError, match="'per_token_logps' must have dtype float32, float64, bfloat16, float16, "
+                                        "got int64"):
         f(lp.long(), adv, mask)
     with pytest.raises(TypeError, match="'advantages' must have dtype .* got int64"):
         f(lp, adv.long(), mask)

@@ -148,3 +148,24 @@ def test_compile_inductor_fullgraph_matches_eager():
     compiled = run(torch.compile(step, fullgraph=True))
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b)
+
+
+def test_numpy_bfloat16_rounding_equals_torch():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(200_000, generator=g) * torch.logspace(-42, 38, 200_000)
+    special = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0, 3.3895e38, 3.4e38, 1e-45, -1e-45, 1.0000001,
+                            1.00390625, 1.005859375, 1.0078125, -2.00781250, float("nan")])
+    x = torch.cat([x, special])
+    ours = torch.from_numpy(tloss._to_bf16_bits(x.numpy()).view(np.int16)).view(torch.bfloat16)
+    torch.testing.assert_close(ours, x.to(torch.bfloat16), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_eager_and_traced_backward_formulas_give_the_same_bits(dtype):
+    g = torch.Generator().manual_seed(12)
+    grad = torch.randn(64, 33, generator=g) * 1e-3
+    for scale in (1.0, -2.5, 3e-7, 7.0e4):
+        s = torch.tensor(scale, dtype=torch.float32)
+        a, b = tloss._scale_eager(s, grad, dtype), tloss._scale(s, grad, dtype)
+        assert a.dtype == b.dtype == dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+    assert torch.equal(tloss._scale_eager(s, grad, torch.float32), tloss._scale(s, grad, torch.float32))

@@ -88,7 +88,8 @@ def test_stop_gradient_losses_match_trl_autograd(loss_type, level, variant):
 
     p = problem(7 + (level == "sequence") + 2 * (loss_type == "vespo"))
     extra = variant != "plain"
-    opts = dict(loss_type=loss_type, importance_sampling_level=level, epsilon_high=1.1 if loss_type == "cispo" else 0.28,
+    opts = dict(loss_type=loss_type, importance_sampling_level=level,
+                epsilon_high=1.1 if loss_type == "cispo" else 0.28,
                 beta=0.04 if extra else 0.0, entropy_coef=0.1 if extra else 0.0, num_items_in_batch=30,
                 gradient_accumulation_steps=2)
     isr = p["isr"] if extra else None
@@ -105,7 +106,8 @@ def test_stop_gradient_losses_match_trl_autograd(loss_type, level, variant):
     assert np.abs(tg).max() > 1e-3
     if extra:
         np.testing.assert_allclose(ent.grad.numpy(), tgh, rtol=1e-10, atol=1e-12)
-    # The stop-gradient matters (and the check above is not vacuous): the derivative of the value differs from this gradient.
+    # The stop-gradient matters (and the check above is not vacuous): the derivative of the value
+    # differs from this gradient.
     with pytest.raises(importlib.import_module("torch.autograd.gradcheck").GradcheckError):
         torch.autograd.gradcheck(
             lambda x: gst.grpo_loss(x, p["adv"], p["mask"], old_per_token_logps=p["old"],

@@ -25,9 +25,9 @@ kernel and autograd formula registered, `torch.library.opcheck` clean), which is
 ``torch.compile(fullgraph=True)`` puts in the graph of a training step that calls `grpo_loss`:
 no graph break. Eager calls run the same implementation and backward formula through a
 `torch.autograd.Function`, which skips ~0.3 ms of dispatcher Python per call. Gradients are
-first-order only (a double backward raises in eager mode). Metrics are a dict of 0-d float64 tensors (the
-op returns one metrics tensor; `.item()` them for logging) — Python floats would force a
-graph break under torch.compile.
+first-order only (a double backward raises in eager mode). Metrics are a dict of 0-d float64
+tensors (the op returns one metrics tensor; `.item()` them for logging): Python floats would
+force a graph break under torch.compile.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _native
 from .._loss import _METRIC_FIELDS, LOSS_TYPES, LossConfig
-from ._interop import FLOAT_DTYPES, buffer_of, check_tensor
+from ._interop import buffer_of, check_tensor
 
 __all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
 
@@ -89,14 +89,30 @@ def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool) -
 
 def _mask_u8(mask: torch.Tensor, fn: str):
     """The (B, T) mask as a uint8 0/1 buffer: in place for bool/uint8 (the kernel rejects any
-    byte other than 0/1), else converted after checking that it holds only 0 and 1."""
+    byte other than 0/1), else converted (numpy, one pass each) after checking that it holds
+    only 0 and 1."""
     if mask.dtype in (torch.bool, torch.uint8):
         return buffer_of(mask.contiguous())
-    bad = (mask != 0) & (mask != 1)
-    if bool(bad.any()):
-        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got "
-                         f"{mask[bad].flatten()[0].item()!r}")
-    return buffer_of(mask.to(torch.uint8).contiguous())
+    if mask.dtype == torch.bfloat16:  # numpy sees bfloat16 as int16 bits: compare as float32
+        mask = mask.float()
+    a = buffer_of(mask.contiguous())
+    with np.errstate(invalid="ignore"):
+        u8 = a.astype(np.uint8)
+    bad = (u8 != a) | (u8 > 1)
+    if bad.any():
+        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got {a[bad].flat[0].item()!r}")
+    return u8
+
+
+def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), round to nearest even (torch's rounding, in numpy);
+    NaN -> the quiet NaN 0x7FC0 (torch's vectorised path gives 0xFFFF: also a NaN)."""
+    b = x.view(np.uint32)
+    r = ((b + ((b >> 16) & 1) + np.uint32(0x7FFF)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        r[nan] = 0x7FC0
+    return r
 
 
 def _opt(t: Optional[torch.Tensor]):
@@ -109,12 +125,12 @@ def _call_kernel(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, 
 
 
 def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    old_logps: Optional[torch.Tensor], ref_logps: Optional[torch.Tensor],
-                    sampling_logps: Optional[torch.Tensor], entropies: Optional[torch.Tensor],
-                    importance_sampling_ratio: Optional[torch.Tensor],
-                    num_items_in_batch: Optional[torch.Tensor], config_ints: list[int],
-                    config_floats: list[float], compute_grad: bool, fn: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      old_logps: Optional[torch.Tensor], ref_logps: Optional[torch.Tensor],
+                      sampling_logps: Optional[torch.Tensor], entropies: Optional[torch.Tensor],
+                      importance_sampling_ratio: Optional[torch.Tensor],
+                      num_items_in_batch: Optional[torch.Tensor], config_ints: list[int],
+                      config_floats: list[float], compute_grad: bool, fn: str
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, metrics (17,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
     (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
     native = (*config_ints[:_N_LEAD_INTS], *config_floats, *config_ints[_N_LEAD_INTS:])
@@ -172,9 +188,20 @@ def _scale(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torc
 def _scale_eager(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The same product through numpy's single-threaded multiply (g_loss has grad's dtype: the
     same IEEE product), which does not wait on torch's intra-op thread pool on a busy machine."""
-    out = torch.empty(grad.shape, dtype=grad.dtype)
-    np.multiply(grad.numpy(), grad.numpy().dtype.type(g_loss.item()), out=out.numpy())
-    return out if dtype == out.dtype else out.to(dtype)
+    g = grad.numpy()
+    if dtype == grad.dtype:
+        out = torch.empty(grad.shape, dtype=dtype)
+        np.multiply(g, g.dtype.type(g_loss.item()), out=out.numpy())
+        return out
+    prod = g * g.dtype.type(g_loss.item())
+    out = torch.empty(grad.shape, dtype=dtype)
+    if dtype == torch.bfloat16:
+        out.view(torch.int16).numpy().view(np.uint16)[...] = _to_bf16_bits(prod)
+    elif dtype == torch.float16:
+        out.numpy()[...] = prod  # IEEE round to nearest even, as torch
+    else:
+        return torch.from_numpy(prod).to(dtype)
+    return out
 
 
 def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale):
@@ -359,7 +386,8 @@ def grpo_loss(per_token_logps: torch.Tensor, advantages: torch.Tensor, completio
         compute_grad: False returns a loss without autograd history (saves the gradient pass).
         **options: the hyper-parameters of `grpo_swift.grpo_loss` / `grpo_swift.LossConfig`
             (loss_type, beta, epsilon, epsilon_high, delta, importance_sampling_level, ...);
-            num_items_in_batch may be a 0-d tensor (TRL passes one).
+            num_items_in_batch may be a 0-d tensor (TRL passes one; under torch.compile pass a
+            tensor: a Python number that changes every step is a new constant to the graph).
 
     Returns:
         (loss, metrics): loss a 0-d tensor (float32; float64 for float64 log-probs); metrics a dict
