@@ -186,7 +186,7 @@ def _ragged_ids(rng, n):
     while sum(sizes) < n:
         sizes.append(int(rng.integers(1, 7)))
     sizes[-1] -= sum(sizes) - n
-    labels = rng.choice(np.arange(-10**12, 10**12, 7919), size=len(sizes), replace=False)
+    labels = rng.permutation(len(sizes)).astype(np.int64) * 7_919_000_003 - 10**12  # sparse, negative too
     ids = np.repeat(labels, [s for s in sizes])
     return ids[rng.permutation(n)]
 
