@@ -147,18 +147,35 @@ public enum Estimators {
     ) -> GroupScan {
         var valid = [Int](repeating: 0, count: groups.count)
         var spread = [Bool](repeating: false, count: groups.count)
-        for g in 0..<groups.count {
-            var k = 0, lo = Double.infinity, hi = -Double.infinity
-            for i in groups.members(g) {
-                let r = Double(rewards[i])
-                if r.isNaN { continue }
-                k += 1
-                lo = Swift.min(lo, r); hi = Swift.max(hi, r)
+        valid.withUnsafeMutableBufferPointer { valid in
+            spread.withUnsafeMutableBufferPointer { spread in
+                withMembers(groups) { member in
+                    for g in 0..<groups.count {
+                        var k = 0, lo = Double.infinity, hi = -Double.infinity
+                        for i in member(g) {
+                            let r = Double(rewards[i])
+                            if r.isNaN { continue }
+                            k += 1
+                            lo = Swift.min(lo, r); hi = Swift.max(hi, r)
+                        }
+                        valid[g] = k
+                        spread[g] = k >= 2 && hi > lo
+                    }
+                }
             }
-            valid[g] = k
-            spread[g] = k >= 2 && hi > lo
         }
         return GroupScan(valid: valid, spread: spread)
+    }
+
+    /// Calls `body` with a function giving the rows of group g as a buffer (no ARC traffic).
+    @inline(__always)
+    static func withMembers<R>(_ groups: RowGroups,
+                               _ body: ((Int) -> UnsafeBufferPointer<Int>) -> R) -> R {
+        groups.order.withUnsafeBufferPointer { order in
+            groups.starts.withUnsafeBufferPointer { starts in
+                body { g in UnsafeBufferPointer(rebasing: order[starts[g]..<starts[g + 1]]) }
+            }
+        }
     }
 
     static func throwOnSingleton(_ scan: GroupScan, _ groups: RowGroups, _ ids: UnsafeBufferPointer<Int64>?,
@@ -215,8 +232,12 @@ public enum Estimators {
                 for i in 0..<n { all[i] = Double(rw[i]) }
                 batchStd = all.withUnsafeBufferPointer { Advantages.batchMeanStd($0).std }
             }
-            forEachGroup(groups) { g in
-                groupAdvantages(g, rw, groups, sc, lengths, cfg, batchStd, a)
+            sc.valid.withUnsafeBufferPointer { valid in
+                withMembers(groups) { member in
+                    forEachGroup(groups) { g in
+                        groupAdvantages(member(g), valid[g], rw, lengths, cfg, batchStd, a)
+                    }
+                }
             }
         }
 
@@ -259,17 +280,15 @@ public enum Estimators {
     /// Phase 1 of one group: writes `a[i]` for the group's rows (NaN = excluded).
     @inline(__always)
     static func groupAdvantages<T: BinaryFloatingPoint>(
-        _ g: Int, _ rewards: UnsafeBufferPointer<T>, _ groups: RowGroups, _ sc: GroupScan,
+        _ rows: UnsafeBufferPointer<Int>, _ k: Int, _ rewards: UnsafeBufferPointer<T>,
         _ lengths: UnsafeBufferPointer<T>?, _ cfg: EstimatorConfig, _ batchStd: Double,
         _ a: UnsafeMutableBufferPointer<Double>
     ) {
-        let rows = groups.members(g)
-        let k = sc.valid[g]
         if k == 0 { return }  // stays NaN -> 0
         let singleton = k == 1
         if singleton && cfg.singleton == .zero { return }
         let raw = singleton  // here: singleton with policy .raw (.error threw earlier)
-        let (mu0, sd0) = nanMeanStd(count: rows.count) { Double(rewards[rows[rows.startIndex + $0]]) }
+        let (mu0, sd0) = nanMeanStd(count: rows.count) { Double(rewards[rows[$0]]) }
         switch cfg.estimator {
         case .grpo:
             let mu = raw ? 0 : mu0
@@ -344,16 +363,16 @@ public enum Estimators {
         guard rewards.count >= n else { throw GRPOError(.shape, "rewards holds \(rewards.count) elements, expected \(n)") }
         guard out.count >= n else { throw GRPOError(.shape, "zero_spread must hold \(n) elements") }
         try checkFinite(UnsafeBufferPointer(rebasing: rewards[0..<n]), "rewards")
-        forEachGroup(groups) { g in
+        withMembers(groups) { member in forEachGroup(groups) { g in
             var k = 0, lo = Double.infinity, hi = -Double.infinity
-            for i in groups.members(g) {
+            for i in member(g) {
                 let r = Double(rewards[i])
                 if r.isNaN { continue }
                 k += 1
                 lo = Swift.min(lo, r); hi = Swift.max(hi, r)
             }
             let flag: UInt8 = (k < 2 || hi - lo <= tolerance) ? 1 : 0
-            for i in groups.members(g) { out[i] = flag }
-        }
+            for i in member(g) { out[i] = flag }
+        } }
     }
 }

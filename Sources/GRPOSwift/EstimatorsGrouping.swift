@@ -3,7 +3,8 @@
 
 /// A partition of `rows` rows into groups. `order[starts[g]..<starts[g+1]]` are the rows of
 /// group g in ascending row order (so every per-group reduction runs in row order and does not
-/// depend on how the ids are numbered or permuted). Groups are ordered by ascending id.
+/// depend on how the ids are numbered or permuted). The order of the groups themselves is
+/// unspecified (results never depend on it: groups are independent).
 public struct RowGroups: Sendable {
     public let rows: Int
     public let order: [Int]
@@ -37,13 +38,27 @@ public struct RowGroups: Sendable {
             throw GRPOError(.shape, "group_ids holds \(ids.count) elements, expected \(rows)")
         }
         self.rows = rows
-        var order = Array(0..<rows)
-        var sorted = true
-        for i in 1..<rows where ids[i] < ids[i - 1] { sorted = false; break }
-        if !sorted {
-            // (id, row) is a total order: the result is unique whatever the sort algorithm.
-            order.sort { a, b in ids[a] != ids[b] ? ids[a] < ids[b] : a < b }
+        // Fast path: every id's rows form one contiguous run (TRL/verl layouts, sorted or not).
+        var runStarts = [0]
+        for i in 1..<rows where ids[i] != ids[i - 1] { runStarts.append(i) }
+        runStarts.append(rows)
+        var runIDs = [Int64](unsafeUninitializedCapacity: runStarts.count - 1) { buf, count in
+            for r in 0..<(runStarts.count - 1) { buf[r] = ids[runStarts[r]] }
+            count = runStarts.count - 1
         }
+        runIDs.sort()
+        var runsAreGroups = true
+        for r in 1..<runIDs.count where runIDs[r] == runIDs[r - 1] { runsAreGroups = false; break }
+        if runsAreGroups {
+            var maxSize = 1
+            for r in 0..<(runStarts.count - 1) { maxSize = Swift.max(maxSize, runStarts[r + 1] - runStarts[r]) }
+            self.order = Array(0..<rows)
+            self.starts = runStarts
+            self.maxSize = maxSize
+            return
+        }
+        // General case: a stable sort by id (rows with equal ids keep ascending row order).
+        let order = RowGroups.radixOrder(ids, rows)
         var starts = [0]
         var maxSize = 1, run = 1
         for j in 1..<rows {
@@ -59,6 +74,53 @@ public struct RowGroups: Sendable {
         self.order = order
         self.starts = starts
         self.maxSize = maxSize
+    }
+
+    /// Row indices sorted by id, stable (LSD radix sort on the order-preserving unsigned image
+    /// of the int64 ids, 8 bits a pass; passes where every key has the same byte are skipped).
+    static func radixOrder(_ ids: UnsafeBufferPointer<Int64>, _ rows: Int) -> [Int] {
+        var keys = [UInt64](unsafeUninitializedCapacity: rows) { buf, count in
+            for i in 0..<rows { buf[i] = UInt64(bitPattern: ids[i]) ^ (1 << 63) }
+            count = rows
+        }
+        var order = Array(0..<rows)
+        var keys2 = [UInt64](repeating: 0, count: rows)
+        var order2 = [Int](repeating: 0, count: rows)
+        var hist = [Int](repeating: 0, count: 256)
+        for pass in 0..<8 {
+            let shift = UInt64(pass * 8)
+            var skip = false
+            keys.withUnsafeBufferPointer { k in
+                hist.withUnsafeMutableBufferPointer { h in
+                    for b in 0..<256 { h[b] = 0 }
+                    for i in 0..<rows { h[Int((k[i] >> shift) & 0xFF)] += 1 }
+                    skip = h[Int((k[0] >> shift) & 0xFF)] == rows
+                    var sum = 0
+                    for b in 0..<256 { let c = h[b]; h[b] = sum; sum += c }
+                }
+            }
+            if skip { continue }
+            keys.withUnsafeBufferPointer { k in
+                order.withUnsafeBufferPointer { o in
+                    keys2.withUnsafeMutableBufferPointer { k2 in
+                        order2.withUnsafeMutableBufferPointer { o2 in
+                            hist.withUnsafeMutableBufferPointer { h in
+                                for i in 0..<rows {
+                                    let b = Int((k[i] >> shift) & 0xFF)
+                                    let dst = h[b]
+                                    h[b] = dst + 1
+                                    k2[dst] = k[i]
+                                    o2[dst] = o[i]
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            swap(&keys, &keys2)
+            swap(&order, &order2)
+        }
+        return order
     }
 
     /// One group id per group index g, for error messages: the id of its first row.

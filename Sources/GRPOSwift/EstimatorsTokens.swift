@@ -147,12 +147,16 @@ extension Estimators {
             for t in 0..<cols where mask[i * cols + t] != 0 { l += 1 }
             lengths[i] = l
         }
-        for g in 0..<groups.count {
-            let k = sc.valid[g]
-            if k == 0 || (k == 1 && config.singleton == .zero) { continue }
-            let members = groups.members(g)
-            let mu = k == 1 ? 0 : nanMeanStd(count: members.count) { Double(rewards[members[members.startIndex + $0]]) }.mean
-            for i in members { a0[i] = Double(rewards[i]) - mu }
+        a0.withUnsafeMutableBufferPointer { a0 in
+            withMembers(groups) { member in
+                for g in 0..<groups.count {
+                    let k = sc.valid[g]
+                    if k == 0 || (k == 1 && config.singleton == .zero) { continue }
+                    let rows = member(g)
+                    let mu = k == 1 ? 0 : nanMeanStd(count: rows.count) { Double(rewards[rows[$0]]) }.mean
+                    for i in rows { a0[i] = Double(rewards[i]) - mu }
+                }
+            }
         }
         // Whitening over kept tokens: each row's value counts L_i times. Row order is fixed.
         var n = 0, sum = 0.0, lo = Double.infinity, hi = -Double.infinity
