@@ -219,26 +219,48 @@ public enum Estimators {
                 guard l.isFinite, l >= 0 else { throw GRPOError(.value, "lengths must be finite and >= 0, got \(l) at row \(i)") }
             }
         }
-        let sc = scan(rw, groups)
-        try throwOnSingleton(sc, groups, ids, config)
-
-        // Phase 1: raw advantages in Double, NaN where the row is excluded.
+        // Phase 1: raw advantages in Double, NaN where the row is excluded. Shuffled groups are
+        // first gathered into group order (one random-access pass instead of several); the
+        // per-group arithmetic is the same (rows in ascending order), so are the bits.
         var a = [Double](repeating: .nan, count: n)
         let cfg = config
-        a.withUnsafeMutableBufferPointer { a in
-            var batchStd = Double.nan
-            if cfg.estimator == .grpo && cfg.scaleRewards == .batch {
-                var all = [Double](repeating: .nan, count: n)
-                for i in 0..<n { all[i] = Double(rw[i]) }
-                batchStd = all.withUnsafeBufferPointer { Advantages.batchMeanStd($0).std }
+        var batchStd = Double.nan
+        if cfg.estimator == .grpo && cfg.scaleRewards == .batch {
+            var all = [Double](repeating: .nan, count: n)
+            for i in 0..<n { all[i] = Double(rw[i]) }
+            batchStd = all.withUnsafeBufferPointer { Advantages.batchMeanStd($0).std }
+        }
+        let sc: GroupScan
+        if groups.isIdentity {
+            sc = scan(rw, groups)
+            try throwOnSingleton(sc, groups, ids, config)
+            a.withUnsafeMutableBufferPointer { a in
+                phase1(rw, lengths, groups, sc, cfg, batchStd, a)
             }
-            sc.valid.withUnsafeBufferPointer { valid in
-                withMembers(groups) { member in
-                    forEachGroup(groups) { g in
-                        groupAdvantages(member(g), valid[g], rw, lengths, cfg, batchStd, a)
+        } else {
+            let gathered = RowGroups(gathered: groups)
+            let order = groups.order
+            let rg = [T](unsafeUninitializedCapacity: n) { b, c in
+                for j in 0..<n { b[j] = rw[order[j]] }
+                c = n
+            }
+            let lg: [T]? = lengths.map { l in
+                [T](unsafeUninitializedCapacity: n) { b, c in
+                    for j in 0..<n { b[j] = l[order[j]] }
+                    c = n
+                }
+            }
+            sc = rg.withUnsafeBufferPointer { scan($0, gathered) }
+            try throwOnSingleton(sc, groups, ids, config)
+            var ag = [Double](repeating: .nan, count: n)
+            rg.withUnsafeBufferPointer { rgb in
+                (lg ?? []).withUnsafeBufferPointer { lgb in
+                    ag.withUnsafeMutableBufferPointer { agb in
+                        phase1(rgb, lg == nil ? nil : lgb, gathered, sc, cfg, batchStd, agb)
                     }
                 }
             }
+            for j in 0..<n { a[order[j]] = ag[j] }
         }
 
         // Phase 2: batch-level post-processing.
@@ -272,6 +294,19 @@ public enum Estimators {
                     var x = a[i]
                     if normalize { x = (x - sh) / dv } else if sc2 != 1 { x = sc2 * x }
                     advantages[i] = x.isNaN ? 0 : T(x)
+                }
+            }
+        }
+    }
+
+    static func phase1<T: BinaryFloatingPoint>(
+        _ rw: UnsafeBufferPointer<T>, _ lengths: UnsafeBufferPointer<T>?, _ groups: RowGroups,
+        _ sc: GroupScan, _ cfg: EstimatorConfig, _ batchStd: Double, _ a: UnsafeMutableBufferPointer<Double>
+    ) {
+        sc.valid.withUnsafeBufferPointer { valid in
+            withMembers(groups) { member in
+                forEachGroup(groups) { g in
+                    groupAdvantages(member(g), valid[g], rw, lengths, cfg, batchStd, a)
                 }
             }
         }

@@ -11,6 +11,8 @@ public struct RowGroups: Sendable {
     public let starts: [Int]
     /// Rows of the largest group.
     public let maxSize: Int
+    /// order == 0..<rows: every group is a contiguous run of rows.
+    public let isIdentity: Bool
 
     public var count: Int { starts.count - 1 }
 
@@ -29,6 +31,16 @@ public struct RowGroups: Sendable {
         order = Array(0..<rows)
         starts = Array(stride(from: 0, through: rows, by: g))
         maxSize = g
+        isIdentity = true
+    }
+
+    /// The same groups over data gathered into `order` (row j of the result is row order[j]).
+    init(gathered g: RowGroups) {
+        rows = g.rows
+        order = Array(0..<g.rows)
+        starts = g.starts
+        maxSize = g.maxSize
+        isIdentity = true
     }
 
     /// Groups given by one id per row: rows with equal ids form a group.
@@ -39,30 +51,39 @@ public struct RowGroups: Sendable {
         }
         self.rows = rows
         // Fast path: every id's rows form one contiguous run (TRL/verl layouts, sorted or not).
+        // (Checked only when runs average >= 4 rows: the check sorts one id per run.)
         var runStarts = [0]
-        for i in 1..<rows where ids[i] != ids[i - 1] { runStarts.append(i) }
-        runStarts.append(rows)
-        var runIDs = [Int64](unsafeUninitializedCapacity: runStarts.count - 1) { buf, count in
-            for r in 0..<(runStarts.count - 1) { buf[r] = ids[runStarts[r]] }
-            count = runStarts.count - 1
+        var tooManyRuns = false
+        for i in 1..<rows where ids[i] != ids[i - 1] {
+            runStarts.append(i)
+            if runStarts.count > rows / 4 + 1 { tooManyRuns = true; break }
         }
-        runIDs.sort()
-        var runsAreGroups = true
-        for r in 1..<runIDs.count where runIDs[r] == runIDs[r - 1] { runsAreGroups = false; break }
-        if runsAreGroups {
-            var maxSize = 1
-            for r in 0..<(runStarts.count - 1) { maxSize = Swift.max(maxSize, runStarts[r + 1] - runStarts[r]) }
-            self.order = Array(0..<rows)
-            self.starts = runStarts
-            self.maxSize = maxSize
-            return
+        if !tooManyRuns {
+            runStarts.append(rows)
+            let runs = runStarts.count - 1
+            var runIDs = [Int64](unsafeUninitializedCapacity: runs) { buf, count in
+                for r in 0..<runs { buf[r] = ids[runStarts[r]] }
+                count = runs
+            }
+            runIDs.sort()
+            var unique = true
+            for r in 1..<runs where runIDs[r] == runIDs[r - 1] { unique = false; break }
+            if unique {
+                var maxSize = 1
+                for r in 0..<runs { maxSize = Swift.max(maxSize, runStarts[r + 1] - runStarts[r]) }
+                self.order = Array(0..<rows)
+                self.starts = runStarts
+                self.maxSize = maxSize
+                self.isIdentity = true
+                return
+            }
         }
         // General case: a stable sort by id (rows with equal ids keep ascending row order).
-        let order = RowGroups.radixOrder(ids, rows)
+        let (order, keys) = RowGroups.radixOrder(ids, rows)
         var starts = [0]
         var maxSize = 1, run = 1
         for j in 1..<rows {
-            if ids[order[j]] != ids[order[j - 1]] {
+            if keys[j] != keys[j - 1] {
                 starts.append(j)
                 run = 1
             } else {
@@ -74,11 +95,12 @@ public struct RowGroups: Sendable {
         self.order = order
         self.starts = starts
         self.maxSize = maxSize
+        self.isIdentity = false
     }
 
-    /// Row indices sorted by id, stable (LSD radix sort on the order-preserving unsigned image
+    /// Row indices sorted by id, stable, and the sorted keys (LSD radix sort on the order-preserving unsigned image
     /// of the int64 ids, 8 bits a pass; passes where every key has the same byte are skipped).
-    static func radixOrder(_ ids: UnsafeBufferPointer<Int64>, _ rows: Int) -> [Int] {
+    static func radixOrder(_ ids: UnsafeBufferPointer<Int64>, _ rows: Int) -> (order: [Int], keys: [UInt64]) {
         var keys = [UInt64](unsafeUninitializedCapacity: rows) { buf, count in
             for i in 0..<rows { buf[i] = UInt64(bitPattern: ids[i]) ^ (1 << 63) }
             count = rows
@@ -120,7 +142,7 @@ public struct RowGroups: Sendable {
             swap(&keys, &keys2)
             swap(&order, &order2)
         }
-        return order
+        return (order, keys)
     }
 
     /// One group id per group index g, for error messages: the id of its first row.

@@ -60,12 +60,16 @@ def main() -> None:
     g = 16
     r = rng.integers(0, 2, n).astype(float) + rng.normal(scale=0.1, size=n)
     ids = rng.permutation(np.repeat(rng.choice(1 << 40, n // g, replace=False), g)).astype(np.int64)
+    runs = np.repeat(rng.choice(1 << 40, n // g, replace=False), g).astype(np.int64)
     np.testing.assert_allclose(grpo_swift.rloo_advantages(r, group_ids=ids), numpy_rloo(r, ids), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(grpo_swift.advantages(r, group_ids=ids), numpy_grpo(r, ids), rtol=1e-9, atol=1e-9)
     rows = [
         ("numpy RLOO, explicit ids (anchor)", median_time(lambda: numpy_rloo(r, ids), repeats=5), ""),
         ("grpo_swift.rloo_advantages(group_ids=)", median_time(lambda: grpo_swift.rloo_advantages(r, group_ids=ids),
                                                                repeats=5), "shuffled ids: sorted once"),
+        ("grpo_swift.rloo_advantages(group_ids=runs)",
+         median_time(lambda: grpo_swift.rloo_advantages(r, group_ids=runs), repeats=5),
+         "each id's rows adjacent, ids unsorted (verl layout)"),
         ("grpo_swift.rloo_advantages(num_generations=)",
          median_time(lambda: grpo_swift.rloo_advantages(r, g), repeats=5), "consecutive groups (no sort)"),
     ]

@@ -468,3 +468,34 @@ def test_torch_tensors_are_accepted():
     np.testing.assert_array_equal(gs.rloo_advantages(r, 2), gs.rloo_advantages(r.numpy(), 2))
     ids = torch.tensor([3, 3, 9, 9])
     np.testing.assert_array_equal(gs.rloo_advantages(r, group_ids=ids), gs.rloo_advantages(r.numpy(), 2))
+
+
+@pytest.mark.parametrize("name,opts", ROW_ESTIMATORS)
+def test_unsorted_contiguous_runs_equal_sorted_ids(rng, name, opts):
+    # verl's layout: each uid's rows adjacent, uids in random order (the run fast path), versus
+    # the same partition given by ascending ids, versus a partition whose runs repeat an id
+    # (two runs of id 5: one group of 8 rows, handled by the sort path).
+    r = _rewards(rng, 64)
+    o = _opts(name, opts, 64)
+    runs = np.repeat(rng.permutation(16) * 1000 - 7000, 4)
+    np.testing.assert_array_equal(gs.advantages(r, name, group_ids=runs, **o),
+                                  gs.advantages(r, name, num_generations=4, **o))
+    split = np.repeat(np.arange(16), 4)
+    split[[0, 1, 2, 3, 60, 61, 62, 63]] = 5
+    split[20:24] = 99
+    np.testing.assert_allclose(gs.advantages(r, name, group_ids=split, **o),
+                               ref_for(name, o, r, split), rtol=1e-10, atol=1e-12)
+
+
+def ref_for(name, o, r, ids):
+    if name == "grpo":
+        return ref_grpo(r, ids)
+    if name == "dr_grpo":
+        return ref_grpo(r, ids, "none")
+    if name == "rloo":
+        return ref_rloo(r, ids, o.get("normalize_advantages", False))
+    if name == "opo":
+        return ref_opo(r, ids, o["lengths"])
+    if name == "gpg":
+        return ref_gpg(r, ids)
+    return ref_passk(r, ids)
