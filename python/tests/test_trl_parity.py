@@ -69,25 +69,25 @@ CASES = {
     "vespo-iter2": dict(loss_type="vespo", num_iterations=2),
     "grpo-beta-biaskl": dict(loss_type="grpo", beta=0.1, use_bias_correction_kl=True, num_iterations=2),
     "bnpo-beta-seq": dict(loss_type="bnpo", beta=0.05, importance_sampling_level="sequence", num_iterations=2),
-    "dapo-spg2-delta": dict(loss_type="dapo", steps_per_generation=2, per_device_train_batch_size=2, delta=1.05,
-                            epsilon_high=0.28, epsilon=0.1),
+    "dapo-spg2-delta": dict(loss_type="dapo", steps_per_generation=2, per_device_train_batch_size=2, delta=1.03,
+                            epsilon_high=0.02, epsilon=0.01, learning_rate=0.3),
     "grpo-entropy": dict(loss_type="grpo", top_entropy_quantile=0.5, entropy_coef=0.05),
     "dapo-adaptive-entropy": dict(loss_type="dapo", use_adaptive_entropy=True, entropy_coef=0.02,
                                   entropy_target=5.0, entropy_coef_delta=0.01, gradient_accumulation_steps=2,
                                   per_device_train_batch_size=2),
     "offpolicy-mask": dict(loss_type="dapo", num_iterations=2, off_policy_mask_threshold=0.0),
     "rewards-batch-trunc": dict(loss_type="grpo", scale_rewards="batch", mask_truncated_completions=True,
-                                reward_weights=[1.0, 0.5], max_completion_length=6),
-    "rewards-gdpo-none": dict(loss_type="bnpo", multi_objective_aggregation="normalize_then_sum",
-                              reward_weights=[0.7, 1.3]),
+                                reward_weights=[1.0, 0.5], per_device_train_batch_size=8),
+    "rewards-gdpo": dict(loss_type="bnpo", multi_objective_aggregation="normalize_then_sum",
+                         reward_weights=[0.7, 1.3], per_device_train_batch_size=8),
     "temp-fp32head": dict(loss_type="dr_grpo", temperature=0.7, cast_lm_head_to_fp32=True, scale_rewards="none"),
 }
-_TWO_REWARDS = {"rewards-batch-trunc", "rewards-gdpo-none"}
+_TWO_REWARDS = {"rewards-batch-trunc", "rewards-gdpo"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parity_sgd(case):
-    cfg = dict(CASES[case], optim="sgd", learning_rate=0.05)
+    cfg = dict({"optim": "sgd", "learning_rate": 0.05}, **CASES[case])
     extra = [reward_distinct] if case in _TWO_REWARDS else None
     stock = run(trl.GRPOTrainer, reward_funcs=extra, **cfg)
     swift = run(SwiftGRPOTrainer, reward_funcs=extra, **cfg)
