@@ -167,8 +167,6 @@ def _check_config(args) -> None:
         raise _fail(name, f"{name}=True computes TRL's LM head in half precision while the grpo_swift kernels "
                           f"compute it in float32, so results would differ; set cast_lm_head_to_fp32=True (the "
                           f"head then runs in float32 on both paths) or {name}=False.")
-    if args.loss_type == "vespo" and args.importance_sampling_level != "token":
-        pass  # TRL accepts it; the kernel implements TRL's behaviour
     try:
         _loss_config(args, beta=args.beta, epsilon_low=args.epsilon,
                      epsilon_high=args.epsilon_high if args.epsilon_high is not None else args.epsilon,

@@ -59,8 +59,6 @@ def compare(stock, swift, *, params=True):
 
 
 CASES = {
-    "grpo": dict(loss_type="grpo"),
-    "bnpo": dict(loss_type="bnpo"),
     "dr_grpo": dict(loss_type="dr_grpo"),
     "dapo-ga2": dict(loss_type="dapo", gradient_accumulation_steps=2, per_device_train_batch_size=2),
     "luspo-seq": dict(loss_type="luspo", importance_sampling_level="sequence", num_iterations=2),
