@@ -112,6 +112,43 @@ def run(trainer_cls, *, steps: int, vocab_size: int, hidden: int, prompt_len: in
     return times, cpu, logs, seen, trainer
 
 
+def model_call_only(*, vocab_size: int, hidden: int, prompt_len: int, completion_len: int, batch: int,
+                    repeats: int):
+    """The part of a step the drop-in replaces most: the training forward+backward through TRL's
+    fused LM head (ChunkedLogProbFunction) vs the grpo_swift head, same backbone, interleaved."""
+    import collections
+
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from grpo_swift.trl import _install_swift_head
+
+    _, stock = build(vocab_size, hidden)
+    _, swift = build(vocab_size, hidden)
+    for m in (stock, swift):
+        add_fused_lm_head(m, outputs=("log_probs", "entropy"))
+    _install_swift_head(swift, collections.Counter())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab_size, (batch, prompt_len + completion_len), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt_len] = -100
+
+    def call(m):
+        out = m(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + 0.01 * out.entropy.sum()).backward()
+        m.zero_grad(set_to_none=True)
+
+    times = {"stock": [], "swift": []}
+    for m in (stock, swift):
+        call(m)  # warm-up
+    for _ in range(repeats):
+        for name, m in (("stock", stock), ("swift", swift)):
+            t0 = time.perf_counter()
+            call(m)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -169,6 +206,15 @@ def main(argv: list[str]) -> int:
           f"{min(c_stock) / min(c_swift):>9.2f}x{statistics.median(c_stock) / statistics.median(c_swift):>11.2f}x")
     print("per-step wall (s): stock " + " ".join(f"{t:.2f}" for t in t_stock) + " | swift "
           + " ".join(f"{t:.2f}" for t in t_swift))
+    mc = model_call_only(vocab_size=vocab, hidden=hidden, prompt_len=plen, completion_len=clen, batch=a.batch,
+                         repeats=2 if quick() or a.quick else 5)
+    print(f"\ntraining model call only (backbone + LM head log-probs/entropy, forward + backward), "
+          f"{len(mc['stock'])} interleaved repeats")
+    print(f"{'head':<28}{'wall min':>10}{'wall median':>13}")
+    for name, label in (("stock", "TRL ChunkedLogProbFunction"), ("swift", "grpo_swift fused head")):
+        print(f"{label:<28}{min(mc[name]):>10.3f}{statistics.median(mc[name]):>13.3f}")
+    print(f"{'speed-up (stock / swift)':<28}{min(mc['stock']) / min(mc['swift']):>9.2f}x"
+          f"{statistics.median(mc['stock']) / statistics.median(mc['swift']):>12.2f}x")
     return 0 if same else 1
 
 
