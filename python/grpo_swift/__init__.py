@@ -25,6 +25,11 @@ from ._logprobs import (  # noqa: E402
     selective_log_softmax_backward,
     selective_log_softmax_forward,
 )
+from ._fused_loss import (  # noqa: E402
+    FusedLinearLossResult,
+    fused_linear_grpo_loss,
+    fused_linear_loss_scratch_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -43,6 +48,9 @@ __all__ = [
     "fused_log_probs_forward",
     "fused_log_probs_backward",
     "fused_log_probs_scratch_bytes",
+    "FusedLinearLossResult",
+    "fused_linear_grpo_loss",
+    "fused_linear_loss_scratch_bytes",
     "get_num_threads",
     "set_num_threads",
     "__version__",
