@@ -499,9 +499,17 @@ grpo_status grpo_benchmark_sgemm_nt_f32(const float *a, const float *b, ptrdiff_
  *   d loss/d logits_iv = g_i (1[v = t_i] - p_iv) - gH_i p_iv (log p_iv + H_i)  (through scale,
  *   softcap, temperature), grad_hidden = G weight, grad_weight = G^T hidden, grad_bias = sum_i G,
  * with g = d loss/d lp and gH = d loss/d H from the loss kernel. The n x vocab logits are never
- * stored: pass 1 (one sgemm per tile + online log-sum-exp), the loss kernel (O(n)), pass 2
- * (tile recomputed by sgemm, overwritten with G, then two sgemms): 4 GEMM passes. Extra memory:
- * grpo_fused_linear_loss_scratch_bytes (one tile plus 24-28 bytes per row), never O(n vocab).
+ * stored whole. Two schedules (same results within float32 rounding; loss and metrics always
+ * from one loss-kernel call on the whole batch):
+ *   3 GEMM passes (float32 inputs, top_entropy_quantile == 1, length x vocab x 4 bytes <=
+ *   scratch_budget): per block of whole sequences, sgemm the block's logits into scratch, fold
+ *   rows (lp, H), the loss kernel on the block (its normalisers depend only on the mask, so g is
+ *   exact after a known rescale), logits overwritten with G, then grad_hidden and grad_weight by
+ *   sgemm. Extra memory: one block's logits (<= scratch_budget).
+ *   4 GEMM passes (otherwise): pass 1 (one sgemm per tile + online log-sum-exp) over all rows,
+ *   the loss kernel, pass 2 (tile recomputed, overwritten with G, two sgemms). Extra memory: one
+ *   tile (grpo_fused_log_probs_scratch_bytes).
+ * Plus 24 bytes per row (28 with ref_hidden): grpo_fused_linear_loss_scratch_bytes.
  * Results are bitwise identical for any thread count.
  */
 
@@ -542,6 +550,9 @@ typedef struct grpo_fused_loss_inputs {
     /** (batch, importance_sampling_ratio_cols) or NULL, cols 1 or length. */
     const void *importance_sampling_ratio;
     ptrdiff_t importance_sampling_ratio_cols;
+    /** Bytes of resident logits the 3-GEMM schedule may use (>= 0; 0 = the default, 256 MiB).
+        A budget below length x vocab x 4 selects the 4-GEMM schedule. */
+    ptrdiff_t scratch_budget;
 } grpo_fused_loss_inputs;
 
 /**
@@ -558,12 +569,16 @@ grpo_status grpo_fused_linear_loss(const grpo_fused_loss_inputs *inputs, const g
                                    float *entropy, grpo_loss_metrics *metrics, char *err, size_t errlen);
 
 /**
- * Bytes of memory grpo_fused_linear_loss allocates besides its outputs for these sizes
- * (dtype GRPO_F32 or GRPO_BF16; ref_from_hidden 1 when ref log-probs come from ref_hidden).
+ * Bytes of memory grpo_fused_linear_loss allocates besides its outputs (an upper bound) for
+ * batch x length rows (dtype GRPO_F32 or GRPO_BF16; ref_from_hidden 1 when ref log-probs come
+ * from ref_hidden; top_entropy_quantile_below_one 1 when that option is < 1; scratch_budget as
+ * in grpo_fused_loss_inputs).
  */
-grpo_status grpo_fused_linear_loss_scratch_bytes(ptrdiff_t n, ptrdiff_t hidden_size, ptrdiff_t vocab,
-                                                 const grpo_lm_head_config *head_cfg, int32_t dtype,
-                                                 int32_t ref_from_hidden, ptrdiff_t *bytes, char *err,
+grpo_status grpo_fused_linear_loss_scratch_bytes(ptrdiff_t batch, ptrdiff_t length, ptrdiff_t hidden_size,
+                                                 ptrdiff_t vocab, const grpo_lm_head_config *head_cfg,
+                                                 int32_t dtype, int32_t ref_from_hidden,
+                                                 int32_t top_entropy_quantile_below_one,
+                                                 ptrdiff_t scratch_budget, ptrdiff_t *bytes, char *err,
                                                  size_t errlen);
 
 #ifdef __cplusplus

@@ -50,7 +50,13 @@ func fusedLinearLossC<E: LogitElement>(
         gradWeight: try optionalOutputView(gradWeight, vh, "grad_weight"),
         gradBias: try optionalOutputView(gradBias, V, "grad_bias"),
         logProbs: try optionalOutputView(logProbs, n, "log_probs"),
-        entropy: try optionalOutputView(entropy, n, "entropy"))
+        entropy: try optionalOutputView(entropy, n, "entropy"),
+        scratchBudget: try budget(in_.scratch_budget))
+}
+
+func budget(_ b: Int) throws(GRPOError) -> Int {
+    guard b >= 0 else { throw GRPOError(.value, "scratch_budget must be >= 0 (0 = default), got \(b)") }
+    return b == 0 ? FusedLinearLoss.defaultScratchBudget : b
 }
 
 @c @implementation
@@ -86,8 +92,9 @@ public func grpo_fused_linear_loss(
 
 @c @implementation
 public func grpo_fused_linear_loss_scratch_bytes(
-    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ headCfg: UnsafePointer<grpo_lm_head_config>?, _ dtype: Int32,
-    _ refFromHidden: Int32, _ bytes: UnsafeMutablePointer<Int>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+    _ batch: Int, _ length: Int, _ hiddenSize: Int, _ vocab: Int, _ headCfg: UnsafePointer<grpo_lm_head_config>?,
+    _ dtype: Int32, _ refFromHidden: Int32, _ quantileBelowOne: Int32, _ scratchBudget: Int,
+    _ bytes: UnsafeMutablePointer<Int>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
 ) -> grpo_status {
     cCall(err, errlen) { () throws(GRPOError) in
         let head = try lmHeadConfig(headCfg)
@@ -96,11 +103,17 @@ public func grpo_fused_linear_loss_scratch_bytes(
         guard dt == .f32 || dt == .bf16 else {
             throw GRPOError(.dtype, "the fused linear loss takes float32 or bfloat16 inputs, got \(dt.name)")
         }
-        guard refFromHidden == 0 || refFromHidden == 1 else {
-            throw GRPOError(.value, "ref_from_hidden must be 0 or 1, got \(refFromHidden)")
+        for (name, v) in [("ref_from_hidden", refFromHidden), ("top_entropy_quantile_below_one", quantileBelowOne)] {
+            guard v == 0 || v == 1 else { throw GRPOError(.value, "\(name) must be 0 or 1, got \(v)") }
         }
-        _ = try checkLMHeadSizes(n, hiddenSize, vocab)
-        bytes.pointee = try FusedLinearLoss.scratchBytes(rows: n, hiddenSize: hiddenSize, vocab: vocab, head: head,
-                                                         bfloat16: dt == .bf16, refFromHidden: refFromHidden == 1)
+        guard batch >= 1, length >= 0 else {
+            throw GRPOError(.shape, "batch must be >= 1 and length >= 0, got batch=\(batch), length=\(length)")
+        }
+        _ = try checkLMHeadSizes(try checkedProduct(batch, length, what: "batch * length"), hiddenSize, vocab)
+        var cfg = LossConfig()
+        if quantileBelowOne == 1 { cfg.topEntropyQuantile = 0.5 }
+        bytes.pointee = try FusedLinearLoss.scratchBytes(
+            batch: batch, length: length, hiddenSize: hiddenSize, vocab: vocab, head: head, bfloat16: dt == .bf16,
+            refFromHidden: refFromHidden == 1, lossConfig: cfg, scratchBudget: try budget(scratchBudget))
     }
 }

@@ -10,26 +10,25 @@
 //   g_i = d loss / d lp_i and gH_i = d loss / d H_i come from the loss kernel in closed form.
 //   grad_hidden = G W, grad_weight = G^T hidden, grad_bias = column sums of G.
 //
-// Passes. The loss of every variant is global over the micro-batch (GRPO's per-sequence
-// means, GSPO's sequence ratios, vespo's per-sequence weights, the token normalisers, the
-// top-entropy quantile), so the per-token g_i is known only once every row's lp_i is:
-//   pass 1: for each tile_rows x tile_cols tile, one sgemm for the logits and an online
-//           log-sum-exp/entropy fold (FusedLMHead.forward): lp, H, lse per row;
-//   loss:   PolicyLoss.compute on the (B,T) lp/H: loss, metrics, g, gH (O(N) work);
-//   pass 2: recompute each tile (sgemm), overwrite it with d loss / d logits, then
-//           grad_hidden += G W and grad_weight += G^T hidden (two sgemms) (FusedLMHead.backward).
-// That is 4 GEMMs of the N x V x H shape in total, the same count as the composed path
-// (fused log-prob forward + backward), but in one call: no Python/autograd round trip, no
-// (B,T) tensors re-materialised between the stages, ref log-probs from (ref_hidden,
-// ref_weight) computed inside under no grad (one more forward GEMM when given).
-// A 3-GEMM schedule would keep each logits tile between pass 1 and pass 2; since g_i depends
-// on the whole batch (see above) that needs the whole N x V logits, which the memory budget
-// forbids. NOT done here: see the header's notes.
+// Schedules. Every loss type's g_i depends on the rest of the batch only through normalisers
+// fixed by the mask (B, L_i, sum m, num_items_in_batch) and, for sequence-level options (GSPO,
+// vespo, the off-policy mask), on the sequence's own rows. So:
+//   3-GEMM schedule (FusedLinearLoss+Resident.swift; float32 inputs, top_entropy_quantile == 1,
+//   one sequence's logits within the scratch budget): per block of whole sequences, sgemm the
+//   block's logits into scratch, fold each row (lp, H, lse), run the loss kernel on the block
+//   (g rescaled to the batch's normalisers), overwrite the resident logits with d loss / d logits,
+//   then grad_hidden and grad_weight by sgemm: 3 GEMM passes, no recompute.
+//   4-GEMM schedule (otherwise): pass 1 over all rows (FusedLMHead.forward: logits tile by sgemm,
+//   online log-sum-exp/entropy), the loss kernel on the whole batch, pass 2 (FusedLMHead.backward:
+//   tile recomputed, turned into d loss / d logits, two gradient sgemms).
+// Loss and metrics are always computed once on the whole batch's (lp, H) (O(N) work). Reference
+// log-probs from (ref_hidden, ref_weight) take one more forward GEMM pass, under no grad.
 //
-// Memory: the fused head's scratch (FusedLMHead.scratchBytes: one tile_rows x tile_cols tile
-// plus per-row statistics; 16 MiB with the defaults) plus O(N) per-row vectors:
-// lp, H, g, gH (float) and lse (double) = 24 N bytes, plus 4 N for ref log-probs computed from
-// ref_hidden. Never O(N V). `scratchBytes` gives the exact figure.
+// Memory: 3-GEMM: one block's logits, at most `scratchBudget` bytes (default 256 MiB; blocks hold
+// floor(budget / (4 T V)) sequences); 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
+// 16 MiB with the defaults). Plus O(N) per-row vectors: lp, H, g, gH (float) and lse (double) =
+// 24 N bytes (+4 N for computed ref log-probs). Never O(N V) beyond the budget; `scratchBytes`
+// gives the exact figure.
 //
 // Determinism: every stage is bitwise identical for any thread count (FusedLMHead's fixed
 // sub-GEMMs, PolicyLoss's chunk-ordered sums).
@@ -83,12 +82,22 @@ public struct FusedLinearLossInputs<E: LogitElement> {
 }
 
 public enum FusedLinearLoss {
-    /// Bytes the call allocates besides its outputs: the fused head's tile scratch (pass 1 and
-    /// pass 2 map it in turn, never both at once) plus 24 bytes per row (+4 with ref_hidden).
-    public static func scratchBytes(rows: Int, hiddenSize: Int, vocab: Int, head: LMHeadConfig,
-                                    bfloat16: Bool, refFromHidden: Bool) throws(GRPOError) -> Int {
-        let tile = try FusedLMHead.scratchBytes(rows: rows, hidden: hiddenSize, vocab: vocab, config: head,
+    /// Bytes the call allocates besides its outputs (an upper bound): the larger of the fused
+    /// head's tile scratch (4-GEMM schedule; pass 1 and pass 2 map it in turn) and one block's
+    /// resident logits plus 12 bytes per block row (3-GEMM schedule, when it applies for this
+    /// batch x length), plus 24 bytes per row (+4 with ref_hidden).
+    public static func scratchBytes(batch: Int, length: Int, hiddenSize: Int, vocab: Int, head: LMHeadConfig,
+                                    bfloat16: Bool, refFromHidden: Bool, lossConfig: LossConfig = LossConfig(),
+                                    scratchBudget: Int = defaultScratchBudget) throws(GRPOError) -> Int {
+        let rows = try checkedProduct(batch, length, what: "batch * length")
+        var tile = try FusedLMHead.scratchBytes(rows: rows, hidden: hiddenSize, vocab: vocab, config: head,
                                                 bfloat16: bfloat16)
+        if let seqs = residentSequences(batch: batch, length: length, vocab: vocab, budget: scratchBudget,
+                                        config: lossConfig, isFloat: !bfloat16) {
+            let blockRows = seqs * length
+            let resident = try checkedProduct(blockRows, vocab, what: "resident logits") * 4 + blockRows * 16
+            tile = Swift.max(tile, resident)
+        }
         let perRow = 24 + (refFromHidden ? 4 : 0)
         let rowsBytes = try checkedProduct(rows, perRow, what: "per-row scratch")
         let (s, o) = tile.addingReportingOverflow(rowsBytes)
@@ -103,8 +112,10 @@ public enum FusedLinearLoss {
         _ x: FusedLinearLossInputs<E>, loss: LossConfig, head: LMHeadConfig = LMHeadConfig(),
         gradHidden: UnsafeMutableBufferPointer<Float>?, gradWeight: UnsafeMutableBufferPointer<Float>?,
         gradBias: UnsafeMutableBufferPointer<Float>?,
-        logProbs: UnsafeMutableBufferPointer<Float>? = nil, entropy: UnsafeMutableBufferPointer<Float>? = nil
+        logProbs: UnsafeMutableBufferPointer<Float>? = nil, entropy: UnsafeMutableBufferPointer<Float>? = nil,
+        scratchBudget: Int = defaultScratchBudget
     ) throws(GRPOError) -> PolicyLossMetrics {
+        guard scratchBudget >= 0 else { throw GRPOError(.value, "scratch_budget must be >= 0, got \(scratchBudget)") }
         try loss.validate()
         guard x.batch >= 1, x.length >= 0 else {
             throw GRPOError(.shape, "batch must be >= 1 and length >= 0, got batch=\(x.batch), length=\(x.length)")
@@ -147,7 +158,60 @@ public enum FusedLinearLoss {
         var refComputed = [Float](repeating: 0, count: refFromHidden ? n : 0)
         let wantGrad = gradHidden != nil || gradWeight != nil || gradBias != nil
 
-        // Pass 1: log-probs, entropies, log-sum-exps (one logits GEMM per tile).
+        if refFromHidden, let rh = x.refHidden, let rw = x.refWeight {
+            try refComputed.withUnsafeMutableBufferPointer { (rB) throws(GRPOError) in
+                try FusedLMHead.forward(hidden: rh, weight: rw, bias: x.refBias, rows: n,
+                                        hiddenSize: x.hiddenSize, vocab: x.vocab, targets: x.targets,
+                                        config: head, logProbs: rB, entropy: nil, logSumExp: nil)
+            }
+        }
+
+        // The 3-GEMM schedule (FusedLinearLoss+Resident.swift) when it applies.
+        if wantGrad, E.self == Float.self,
+           let seqs = residentSequences(batch: x.batch, length: x.length, vocab: x.vocab, budget: scratchBudget,
+                                        config: loss, isFloat: true) {
+            let p = try FusedLMHead.plan(rows: n, hidden: x.hiddenSize, vocab: x.vocab, config: head)
+            try FusedLMHead.validateCommon(p, hidden: x.hidden.count, weight: x.weight.count, bias: x.bias?.count,
+                                           targets: x.targets)
+            func f32(_ b: UnsafeBufferPointer<E>?) -> UnsafeBufferPointer<Float>? {
+                guard let b else { return nil }
+                return UnsafeBufferPointer(start: b.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) },
+                                           count: b.count)
+            }
+            guard let hF = f32(x.hidden), let wF = f32(x.weight) else { throw GRPOError(.internal, "float view") }
+            let xf = FusedLinearLossInputs<Float>(
+                batch: x.batch, length: x.length, hiddenSize: x.hiddenSize, vocab: x.vocab, hidden: hF, weight: wF,
+                bias: f32(x.bias), targets: x.targets, mask: x.mask, advantages: x.advantages, oldLogps: x.oldLogps,
+                refLogps: x.refLogps, samplingLogps: x.samplingLogps,
+                importanceSamplingRatio: x.importanceSamplingRatio)
+            try lp.withUnsafeMutableBufferPointer { (lpB) throws(GRPOError) in
+                try ent.withUnsafeMutableBufferPointer { (entB) throws(GRPOError) in
+                    try refComputed.withUnsafeBufferPointer { (rcB) throws(GRPOError) in
+                        try computeResident(xf, loss: loss, plan: p, sequencesPerBlock: seqs,
+                                            ref: refFromHidden ? rcB : x.refLogps, lp: lpB, ent: entB,
+                                            gradHidden: gradHidden, gradWeight: gradWeight, gradBias: gradBias)
+                    }
+                }
+            }
+            // Loss and metrics of the whole batch (O(N)), exactly as the 4-GEMM schedule.
+            let metrics: PolicyLossMetrics = try lp.withUnsafeBufferPointer { (lpB) throws(GRPOError) in
+                try ent.withUnsafeBufferPointer { (entB) throws(GRPOError) in
+                    try refComputed.withUnsafeBufferPointer { (rcB) throws(GRPOError) in
+                        try PolicyLoss.compute(
+                            PolicyLossInputs<Float>(
+                                batch: x.batch, length: x.length, logps: lpB, oldLogps: x.oldLogps,
+                                refLogps: refFromHidden ? rcB : x.refLogps, samplingLogps: x.samplingLogps,
+                                entropies: entB, advantages: x.advantages, mask: x.mask,
+                                importanceSamplingRatio: x.importanceSamplingRatio),
+                            config: loss, grad: nil, gradEntropies: nil)
+                    }
+                }
+            }
+            copyOut(lp, ent, logProbs, entropy)
+            return metrics
+        }
+
+        // The 4-GEMM schedule. Pass 1: log-probs, entropies, log-sum-exps (one logits GEMM per tile).
         try lp.withUnsafeMutableBufferPointer { (lpB) throws(GRPOError) in
             try ent.withUnsafeMutableBufferPointer { (entB) throws(GRPOError) in
                 try lse.withUnsafeMutableBufferPointer { (lseB) throws(GRPOError) in
@@ -158,14 +222,6 @@ public enum FusedLinearLoss {
                 }
             }
         }
-        if refFromHidden, let rh = x.refHidden, let rw = x.refWeight {
-            try refComputed.withUnsafeMutableBufferPointer { (rB) throws(GRPOError) in
-                try FusedLMHead.forward(hidden: rh, weight: rw, bias: x.refBias, rows: n,
-                                        hiddenSize: x.hiddenSize, vocab: x.vocab, targets: x.targets,
-                                        config: head, logProbs: rB, entropy: nil, logSumExp: nil)
-            }
-        }
-
         // The loss kernel: loss, metrics, g = d loss / d lp, gH = d loss / d H.
         let metrics: PolicyLossMetrics = try lp.withUnsafeBufferPointer { (lpB) throws(GRPOError) in
             try ent.withUnsafeBufferPointer { (entB) throws(GRPOError) in
@@ -184,12 +240,7 @@ public enum FusedLinearLoss {
                 }
             }
         }
-        if let logProbs, let d = logProbs.baseAddress {
-            lp.withUnsafeBufferPointer { s in if let sb = s.baseAddress { d.update(from: sb, count: n) } }
-        }
-        if let entropy, let d = entropy.baseAddress {
-            ent.withUnsafeBufferPointer { s in if let sb = s.baseAddress { d.update(from: sb, count: n) } }
-        }
+        copyOut(lp, ent, logProbs, entropy)
         guard wantGrad else { return metrics }
 
         // Pass 2: recompute each tile, turn it into d loss / d logits, two gradient GEMMs.
@@ -208,5 +259,15 @@ public enum FusedLinearLoss {
             }
         }
         return metrics
+    }
+
+    static func copyOut(_ lp: [Float], _ ent: [Float], _ logProbs: UnsafeMutableBufferPointer<Float>?,
+                        _ entropy: UnsafeMutableBufferPointer<Float>?) {
+        if let logProbs, let d = logProbs.baseAddress {
+            lp.withUnsafeBufferPointer { s in if let sb = s.baseAddress { d.update(from: sb, count: s.count) } }
+        }
+        if let entropy, let d = entropy.baseAddress {
+            ent.withUnsafeBufferPointer { s in if let sb = s.baseAddress { d.update(from: sb, count: s.count) } }
+        }
     }
 }

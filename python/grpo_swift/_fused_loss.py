@@ -70,11 +70,12 @@ def _rows_or_tokens(x, fn: str, arg: str, B: int, T: int, aux) -> tuple[np.ndarr
 
 def _call(fn: str, B: int, T: int, hidden2d, weight, bias, targets, mask_u8, adv, adv_cols, old, ref, samp,
           ref_hidden, ref_weight, ref_bias, isr, isr_cols, config: LossConfig, head: tuple, out_gh, out_gw,
-          out_gb, out_lp, out_ent, has_ref: bool) -> tuple[float, dict[str, float]]:
+          out_gb, out_lp, out_ent, has_ref: bool, scratch_budget: int = 0) -> tuple[float, dict[str, float]]:
     """The kernel on already-validated buffers; returns (loss, metrics) as grpo_loss."""
     values = _native.fused_linear_loss(fn, B, T, hidden2d, weight, bias, targets, mask_u8, adv, adv_cols, old,
                                        ref, samp, ref_hidden, ref_weight, ref_bias, isr, isr_cols,
-                                       config._native_args, head, out_gh, out_gw, out_gb, out_lp, out_ent)
+                                       config._native_args, head, out_gh, out_gw, out_gb, out_lp, out_ent,
+                                       scratch_budget)
     allm = dict(zip(_METRIC_FIELDS, values))
     metrics = {k: allm[k] for k in config.logged_metrics(has_ref, True)}
     for k in ("policy_loss", "policy_term", "kl_term", "entropy_term", "num_tokens", "num_entropy_tokens",
@@ -87,8 +88,8 @@ def fused_linear_grpo_loss(hidden, weight, selected_token_ids, mask, advantages,
                            ref_logps=None, ref_hidden=None, ref_weight=None, ref_bias=None, sampling_logps=None,
                            importance_sampling_ratio=None, temperature: float = 1.0, logit_scale: float = 1.0,
                            final_logit_softcapping: float | None = None, compute_grad: bool = True,
-                           tile_rows: int = 0, tile_cols: int = 0, config: LossConfig | None = None,
-                           **options: Any) -> FusedLinearLossResult:
+                           tile_rows: int = 0, tile_cols: int = 0, scratch_budget: int = 0,
+                           config: LossConfig | None = None, **options: Any) -> FusedLinearLossResult:
     """The GRPO loss of TRL 1.16 straight from the last hidden states (Liger's fused linear GRPO).
 
     Args:
@@ -102,6 +103,8 @@ def fused_linear_grpo_loss(hidden, weight, selected_token_ids, mask, advantages,
         importance_sampling_ratio: vLLM IS ratio (B,), (B, 1) or (B, T).
         temperature, logit_scale, final_logit_softcapping: the LM head's options (TRL's names).
         compute_grad: False: loss and metrics only (one GEMM pass).
+        scratch_budget: bytes of resident logits for the 3-GEMM schedule (0 = default 256 MiB;
+            a budget below T x V x 4 selects the 4-GEMM schedule, as does top_entropy_quantile < 1).
         config: a LossConfig, or the loss options as keywords (loss_type, beta, epsilon, ...,
             exactly `grpo_loss`'s names).
     Returns:
@@ -118,6 +121,7 @@ def fused_linear_grpo_loss(hidden, weight, selected_token_ids, mask, advantages,
     if not isinstance(compute_grad, (bool, np.bool_)):
         raise TypeError(f"{fn}(): argument 'compute_grad' must be a bool, got {type(compute_grad).__name__}")
     head = _head_tuple(fn, temperature, logit_scale, final_logit_softcapping, tile_rows, tile_cols)
+    budget = integer(scratch_budget, fn, "scratch_budget", minimum=0)
     ids = np.asarray(selected_token_ids) if selected_token_ids is not None else None
     if ids is None or ids.ndim != 2:
         raise ValueError(f"{fn}(): argument 'selected_token_ids' must be a (B, T) integer array, got "
@@ -178,17 +182,23 @@ def fused_linear_grpo_loss(hidden, weight, selected_token_ids, mask, advantages,
     gb = np.empty(V, np.float32) if compute_grad and b is not None else None
     loss, metrics = _call(fn, B, T, h.reshape(-1, H), w, b, targets, m.reshape(-1), adv, adv_cols, old, ref, samp,
                           rh, rw, rb, isr, isr_cols, config, head, gh, gw, gb, lp, ent,
-                          ref is not None or rh is not None)
+                          ref is not None or rh is not None, budget)
     return FusedLinearLossResult(loss, gh, gw, gb, metrics, lp, ent)
 
 
-def fused_linear_loss_scratch_bytes(n: int, hidden_size: int, vocab: int, *, bfloat16: bool = False,
-                                    ref_from_hidden: bool = False, tile_rows: int = 0, tile_cols: int = 0) -> int:
-    """Bytes `fused_linear_grpo_loss` allocates besides its outputs: one logits tile plus 24 (28
-    with ref_hidden) bytes per row; never n x vocab."""
+def fused_linear_loss_scratch_bytes(batch: int, length: int, hidden_size: int, vocab: int, *,
+                                    bfloat16: bool = False, ref_from_hidden: bool = False,
+                                    top_entropy_quantile: float = 1.0, scratch_budget: int = 0, tile_rows: int = 0,
+                                    tile_cols: int = 0) -> int:
+    """Bytes `fused_linear_grpo_loss` allocates besides its outputs (an upper bound) for a
+    (batch, length) call: one block's resident logits (<= scratch_budget, default 256 MiB) for
+    the 3-GEMM schedule or one tile for the 4-GEMM schedule, plus 24 (28 with ref_hidden) bytes
+    per row; never batch x length x vocab beyond the budget."""
     fn = "fused_linear_loss_scratch_bytes"
     head = _head_tuple(fn, 1.0, 1.0, None, tile_rows, tile_cols)
-    return _native.fused_linear_loss_scratch_bytes(integer(n, fn, "n", minimum=0),
-                                                   integer(hidden_size, fn, "hidden_size", minimum=1),
-                                                   integer(vocab, fn, "vocab", minimum=1), head,
-                                                   _native.BF16 if bfloat16 else _native.F32, int(bool(ref_from_hidden)))
+    q = real(top_entropy_quantile, fn, "top_entropy_quantile")
+    return _native.fused_linear_loss_scratch_bytes(
+        integer(batch, fn, "batch", minimum=1), integer(length, fn, "length", minimum=0),
+        integer(hidden_size, fn, "hidden_size", minimum=1), integer(vocab, fn, "vocab", minimum=1), head,
+        _native.BF16 if bfloat16 else _native.F32, int(bool(ref_from_hidden)), int(q < 1.0),
+        integer(scratch_budget, fn, "scratch_budget", minimum=0))

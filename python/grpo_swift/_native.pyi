@@ -51,8 +51,9 @@ def fused_linear_loss(
     sampling_logps: Any | None, ref_hidden: Any | None, ref_weight: Any | None, ref_bias: Any | None,
     importance_sampling_ratio: Any | None, importance_sampling_ratio_cols: int, loss_config: tuple,
     head_config: tuple, out_grad_hidden: Any | None, out_grad_weight: Any | None, out_grad_bias: Any | None,
-    out_log_probs: Any | None, out_entropy: Any | None, /
+    out_log_probs: Any | None, out_entropy: Any | None, scratch_budget: int, /
 ) -> tuple[float, ...]: ...
 def fused_linear_loss_scratch_bytes(
-    n: int, hidden_size: int, vocab: int, head_config: tuple, dtype: int, ref_from_hidden: int, /
+    batch: int, length: int, hidden_size: int, vocab: int, head_config: tuple, dtype: int, ref_from_hidden: int,
+    top_entropy_quantile_below_one: int, scratch_budget: int, /
 ) -> int: ...

@@ -25,18 +25,19 @@ static int fl_check_dtype(const Py_buffer *v, int dtype, const char *fn, const c
  * fused_linear_loss(fn, B, T, hidden, weight, bias, targets, mask, advantages, adv_cols,
  *                   old_logps, ref_logps, sampling_logps, ref_hidden, ref_weight, ref_bias,
  *                   importance_sampling_ratio, isr_cols, loss_config, head_config,
- *                   out_grad_hidden, out_grad_weight, out_grad_bias, out_log_probs, out_entropy)
+ *                   out_grad_hidden, out_grad_weight, out_grad_bias, out_log_probs, out_entropy,
+ *                   scratch_budget)
  *   -> tuple of the 17 grpo_loss_metrics fields.
  * hidden (N, H) / weight (V, H) / bias (V): float32, or bfloat16 as int16 bits (all alike,
  * ref_* too). targets (N) int64; mask (N) uint8 0/1; advantages and the IS ratio one float
  * dtype, (B * adv_cols) elements; old/ref/sampling (N) float32 or None. loss_config: the tuple
  * of LossConfig._native_args; head_config: (temperature, logit_scale, softcap, tile_rows,
- * tile_cols). Outputs: writable float32 buffers or None.
+ * tile_cols). Outputs: writable float32 buffers or None. scratch_budget: bytes (0 = default).
  */
 static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 25) {
-        PyErr_Format(PyExc_TypeError, "fused_linear_loss() takes 25 positional arguments (%zd given)", nargs);
+    if (nargs != 26) {
+        PyErr_Format(PyExc_TypeError, "fused_linear_loss() takes 26 positional arguments (%zd given)", nargs);
         return NULL;
     }
     const char *fn = PyUnicode_Check(args[0]) ? PyUnicode_AsUTF8(args[0]) : NULL;
@@ -52,6 +53,8 @@ static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_
     if (adv_cols == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t isr_cols = PyLong_AsSsize_t(args[17]);
     if (isr_cols == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t budget = PyLong_AsSsize_t(args[25]);
+    if (budget == -1 && PyErr_Occurred()) return NULL;
     if (B < 1 || T < 0 || (T > 0 && B > PY_SSIZE_T_MAX / T)) {
         PyErr_Format(PyExc_ValueError, "%s(): invalid batch/length %zd x %zd", fn, B, T);
         return NULL;
@@ -144,6 +147,7 @@ static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_
         .old_logps = old->buf, .ref_logps = ref->buf, .sampling_logps = samp->buf,
         .ref_hidden = rh->buf, .ref_weight = rw->buf, .ref_bias = rb->buf,
         .importance_sampling_ratio = isr->buf, .importance_sampling_ratio_cols = isr->buf ? isr_cols : 0,
+        .scratch_budget = budget,
     };
     grpo_loss_metrics m = {0};
     char err[GS_ERRLEN] = {0};
@@ -166,27 +170,32 @@ exit:
     return result;
 }
 
-/* fused_linear_loss_scratch_bytes(n, hidden_size, vocab, head_config, dtype, ref_from_hidden) -> int */
+/* fused_linear_loss_scratch_bytes(batch, length, hidden_size, vocab, head_config, dtype, ref_from_hidden,
+ *                                 top_entropy_quantile_below_one, scratch_budget) -> int */
 static PyObject *fl_scratch_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     static const char *fn = "fused_linear_loss_scratch_bytes";
     (void)self;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 6 positional arguments (%zd given)", fn, nargs);
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 9 positional arguments (%zd given)", fn, nargs);
         return NULL;
     }
-    Py_ssize_t n = PyLong_AsSsize_t(args[0]), hs = PyLong_AsSsize_t(args[1]), v = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t b = PyLong_AsSsize_t(args[0]), t = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t hs = PyLong_AsSsize_t(args[2]), v = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t budget = PyLong_AsSsize_t(args[8]);
     if (PyErr_Occurred()) return NULL;
     grpo_lm_head_config head = {0};
-    if (!PyArg_ParseTuple(args[3], "dddnn:fused_linear_loss head config", &head.temperature, &head.logit_scale,
+    if (!PyArg_ParseTuple(args[4], "dddnn:fused_linear_loss head config", &head.temperature, &head.logit_scale,
                           &head.final_logit_softcapping, &head.tile_rows, &head.tile_cols)) {
         return NULL;
     }
-    int32_t dtype, ref;
-    if (gs_int32_arg(args[4], fn, "dtype", &dtype) < 0 || gs_int32_arg(args[5], fn, "ref_from_hidden", &ref) < 0)
+    int32_t dtype, ref, q;
+    if (gs_int32_arg(args[5], fn, "dtype", &dtype) < 0 || gs_int32_arg(args[6], fn, "ref_from_hidden", &ref) < 0 ||
+        gs_int32_arg(args[7], fn, "top_entropy_quantile_below_one", &q) < 0)
         return NULL;
     ptrdiff_t bytes = 0;
     char err[GS_ERRLEN] = {0};
-    grpo_status st = grpo_fused_linear_loss_scratch_bytes(n, hs, v, &head, dtype, ref, &bytes, err, sizeof err);
+    grpo_status st = grpo_fused_linear_loss_scratch_bytes(b, t, hs, v, &head, dtype, ref, q, budget, &bytes, err,
+                                                          sizeof err);
     if (st != GRPO_OK) return gs_raise_status(st, fn, err);
     return PyLong_FromSsize_t(bytes);
 }
@@ -195,8 +204,9 @@ PyMethodDef gs_fused_loss_methods[] = {
     {"fused_linear_loss", (PyCFunction)(void (*)(void))fl_fused_linear_loss, METH_FASTCALL,
      "fused_linear_loss(fn, B, T, hidden, weight, bias, targets, mask, advantages, adv_cols, old, ref, sampling, "
      "ref_hidden, ref_weight, ref_bias, isr, isr_cols, loss_config, head_config, out_grad_hidden, "
-     "out_grad_weight, out_grad_bias, out_log_probs, out_entropy) -> tuple of 17 floats"},
+     "out_grad_weight, out_grad_bias, out_log_probs, out_entropy, scratch_budget) -> tuple of 17 floats"},
     {"fused_linear_loss_scratch_bytes", (PyCFunction)(void (*)(void))fl_scratch_bytes, METH_FASTCALL,
-     "fused_linear_loss_scratch_bytes(n, hidden_size, vocab, head_config, dtype, ref_from_hidden) -> int"},
+     "fused_linear_loss_scratch_bytes(batch, length, hidden_size, vocab, head_config, dtype, ref_from_hidden, "
+     "top_entropy_quantile_below_one, scratch_budget) -> int"},
     {NULL, NULL, 0, NULL},
 };

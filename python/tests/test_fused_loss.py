@@ -62,6 +62,15 @@ def _composed(hidden, weight, b, ids, mask, adv, old, ref, opts, entropy_coef=0.
     return r.loss, h.grad.numpy(), w.grad.numpy(), None if bt is None else bt.grad.numpy(), r.metrics
 
 
+# scratch_budget per schedule for (B, T, V): default (whole batch resident), two sequences per
+# block, and too small for one sequence (the 4-GEMM schedule).
+_BUDGETS = {
+    "3gemm-one-block": lambda B, T, V: 0,
+    "3gemm-blocks-of-2": lambda B, T, V: 2 * T * V * 4 + 100,
+    "4gemm": lambda B, T, V: 1,
+}
+
+
 def _rel(a, b):
     scale = max(float(np.abs(b).max()), 1e-30)
     return float(np.abs(np.asarray(a, np.float64) - b).max()) / scale
@@ -71,13 +80,15 @@ def _rel(a, b):
 @pytest.mark.parametrize("level", ("token", "sequence"))
 @pytest.mark.parametrize("beta", (0.0, 0.04))
 @pytest.mark.parametrize("bias", (False, True))
-def test_numpy_matches_composed_path(loss_type, level, beta, bias):
+@pytest.mark.parametrize("schedule", ("3gemm-one-block", "3gemm-blocks-of-2", "4gemm"))
+def test_numpy_matches_composed_path(loss_type, level, beta, bias, schedule):
     hidden, weight, b, ids, mask, adv, rng = _problem(LOSS_TYPES.index(loss_type) * 8 + int(beta > 0) * 2 + bias,
                                                       bias=bias)
     old, ref = _old_ref(rng, hidden, weight, b, ids)
     opts = _options(loss_type, level, beta)
+    budget = _BUDGETS[schedule](*ids.shape, weight.shape[0])
     r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old,
-                                          ref_logps=ref if beta else None, **opts)
+                                          ref_logps=ref if beta else None, scratch_budget=budget, **opts)
     loss, gh, gw, gb, metrics = _composed(hidden, weight, b, ids, mask, adv, old, ref if beta else None, opts)
     assert abs(r.loss - loss) <= 1e-5 * max(1.0, abs(loss))
     assert r.grad_hidden.shape == hidden.shape and r.grad_weight.shape == weight.shape
@@ -124,17 +135,40 @@ def test_matches_trl_on_dense_float64_logits(loss_type, level):
     np.testing.assert_allclose(r.entropy, ent.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_entropy_options_and_head_options():
+@pytest.mark.parametrize("schedule", ("3gemm-blocks-of-2", "4gemm"))
+@pytest.mark.parametrize("quantile", (1.0, 0.5))
+@pytest.mark.parametrize("loss_type", ("grpo", "bnpo", "dapo"))
+def test_entropy_options(schedule, quantile, loss_type):
     hidden, weight, b, ids, mask, adv, rng = _problem(7, bias=True)
     old, ref = _old_ref(rng, hidden, weight, b, ids)
-    opts = dict(loss_type="grpo", top_entropy_quantile=0.5)
-    r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old,
-                                          entropy_coef=0.01, **opts)
+    opts = dict(loss_type=loss_type, top_entropy_quantile=quantile)
+    r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old, entropy_coef=0.01,
+                                          scratch_budget=_BUDGETS[schedule](*ids.shape, weight.shape[0]), **opts)
     loss, gh, gw, gb, _ = _composed(hidden, weight, b, ids, mask, adv, old, None, opts, entropy_coef=0.01)
     assert abs(r.loss - loss) <= 1e-5 * max(1.0, abs(loss))
     for a, e in ((r.grad_hidden, gh), (r.grad_weight, gw), (r.grad_bias, gb)):
         assert _rel(a, e) <= 1e-4
     assert r.metrics["entropy_term"] != 0.0
+
+
+@pytest.mark.parametrize("schedule", ("3gemm-blocks-of-2", "4gemm"))
+def test_head_options_softcap_scale_temperature(schedule):
+    hidden, weight, b, ids, mask, adv, rng = _problem(11, bias=True)
+    old, _ = _old_ref(rng, hidden, weight, b, ids)
+    head = dict(temperature=0.8, logit_scale=1.7, final_logit_softcapping=3.0)
+    r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old, loss_type="grpo",
+                                          importance_sampling_level="sequence",
+                                          scratch_budget=_BUDGETS[schedule](*ids.shape, weight.shape[0]), **head)
+    h = torch.tensor(hidden, requires_grad=True)
+    w = torch.tensor(weight, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    lp, ent = grpo_swift.torch.fused_log_probs(h, w, torch.tensor(ids), bias=bt, **head)
+    ref = grpo_swift.grpo_loss(lp.detach().numpy(), adv, mask, old_logps=old, loss_type="grpo",
+                               importance_sampling_level="sequence")
+    lp.backward(torch.tensor(ref.grad))
+    assert abs(r.loss - ref.loss) <= 1e-5 * max(1.0, abs(ref.loss))
+    for a, e in ((r.grad_hidden, h.grad), (r.grad_weight, w.grad), (r.grad_bias, bt.grad)):
+        assert _rel(a, e.numpy()) <= 1e-4
 
 
 def test_ref_from_hidden_equals_ref_logps():
@@ -174,6 +208,21 @@ def test_inputs_not_mutated_and_thread_count_determinism():
                                                          tile_rows=16, tile_cols=64, loss_type="bnpo"))
     finally:
         grpo_swift.set_num_threads(n0)
+    res.append(grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old,
+                                                 scratch_budget=1, loss_type="bnpo"))  # 4-GEMM
+    np.testing.assert_allclose(res[-1].grad_weight, res[0].grad_weight, rtol=0,
+                               atol=1e-5 * np.abs(res[0].grad_weight).max())
+    res.pop()
+    for n in (1, 3):
+        grpo_swift.set_num_threads(n)
+        try:
+            res.append(grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old,
+                                                         scratch_budget=2 * 9 * 301 * 4, loss_type="bnpo"))
+        finally:
+            grpo_swift.set_num_threads(n0)
+    np.testing.assert_array_equal(res[-1].grad_weight, res[-2].grad_weight)
+    np.testing.assert_array_equal(res[-1].grad_hidden, res[-2].grad_hidden)
+    res = res[:3]
     for r in res[1:]:
         assert r.loss == res[0].loss
         np.testing.assert_array_equal(r.grad_hidden, res[0].grad_hidden)
@@ -237,7 +286,7 @@ def test_torch_module_ref_input_is_ratio_and_no_ref():
                                     bias=b.detach().numpy(), return_entropy=False)
     r = grpo_swift.grpo_loss(lp, adv.numpy(), mask.numpy(), old_logps=old.numpy(), ref_logps=ref2, beta=0.1,
                              importance_sampling_ratio=isr.numpy(), num_items_in_batch=40)
-    assert float(loss) == pytest.approx(r.loss, rel=1e-5, abs=1e-7)
+    assert float(loss.detach()) == pytest.approx(r.loss, rel=1e-5, abs=1e-7)
     assert float(metrics[0]) == pytest.approx(r.metrics["kl"], rel=1e-5)
     # no reference: Liger uses the policy itself (KL 0)
     nomod = FusedLinearGRPOLoss(beta=0.1, loss_type="dapo", use_ref_model=False)
@@ -334,9 +383,38 @@ def test_errors_name_function_and_argument():
                               torch.tensor(mask), torch.tensor(adv))
 
 
-def test_scratch_is_bounded_and_independent_of_vocab_rows_product():
-    small = grpo_swift.fused_linear_loss_scratch_bytes(2048, 896, 32768)
-    big = grpo_swift.fused_linear_loss_scratch_bytes(2048, 896, 151936)
-    assert small == big  # one tile + per-row vectors: no dependence on V beyond the tile
-    assert small < 2048 * 32768 * 4 / 8
-    assert grpo_swift.fused_linear_loss_scratch_bytes(4096, 896, 32768) - small == 2048 * 24
+def test_scratch_is_bounded_by_the_budget():
+    f = grpo_swift.fused_linear_loss_scratch_bytes
+    budget = 256 << 20
+    for v in (32768, 151936):
+        b3 = f(16, 128, 896, v)  # 3-GEMM schedule: resident blocks of whole sequences
+        assert b3 <= budget + 2048 * (24 + 16)
+        assert b3 < 16 * 128 * v * 4 or v == 32768  # never the N x V logits beyond the budget
+        b4 = f(16, 128, 896, v, scratch_budget=1)  # 4-GEMM schedule: one 1024 x 4096 tile
+        assert b4 == f(16, 128, 896, v, top_entropy_quantile=0.5) == f(16, 128, 896, v, bfloat16=True) - \
+            (1024 + 4096) * 896 * 4 - 4096 * 4
+        assert b4 < 20 << 20
+    # per-row vectors grow with N, the tile does not
+    assert f(32, 128, 896, 32768, scratch_budget=1) - f(16, 128, 896, 32768, scratch_budget=1) == 2048 * 24
+
+
+def test_scratch_budget_peak_memory():
+    """The 3-GEMM schedule maps at most the budget: check the process's peak RSS growth."""
+    import resource
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, resource, grpo_swift\n"
+        "rng = np.random.default_rng(0); B, T, H, V = 8, 64, 64, 16384\n"
+        "h = rng.standard_normal((B, T, H), dtype=np.float32); w = rng.standard_normal((V, H), dtype=np.float32)\n"
+        "ids = rng.integers(0, V, (B, T)); m = np.ones((B, T), np.uint8); a = rng.standard_normal(B).astype(np.float32)\n"
+        "grpo_swift.fused_linear_grpo_loss(h[:1], w, ids[:1], m[:1], a[:1], scratch_budget=T * V * 4)\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "r = grpo_swift.fused_linear_grpo_loss(h, w, ids, m, a, scratch_budget=2 * T * V * 4)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grown_kib = int(out.stdout.strip())
+    full_logits_kib = 8 * 64 * 16384 * 4 // 1024  # 32 MiB
+    # budget 8 MiB (+ the 4 MiB grad_weight output, per-row vectors, allocator slack)
+    assert grown_kib < full_logits_kib // 2, grown_kib
