@@ -29,16 +29,21 @@ struct FusedLossCase {
         }
     }
 
-    /// The loss in Double: Double logits / log-softmax, then the loss kernel in Double.
-    func referenceLoss(hidden h: [Double], weight w: [Double], bias b: [Double]?, config: LossConfig) throws -> Double {
+    /// The loss in Double: Double logits / log-softmax, then the loss kernel in Double. With
+    /// `frozen` (d loss / d lp at the base point), sum_i frozen_i lp_i instead: the surrogate whose
+    /// derivative is TRL's gradient for losses with detached factors (cispo's clipped ratio,
+    /// vespo's phi), where the loss value's own derivative differs by design.
+    func referenceLoss(hidden h: [Double], weight w: [Double], bias b: [Double]?, config: LossConfig,
+                       frozen: [Double]? = nil, wantGrad: Bool = false) throws -> (loss: Double, grad: [Double]) {
         let n = batch * length
         let (lp, _) = referenceFused(hidden: h, weight: w, bias: b, rows: n, hiddenSize: hiddenSize, vocab: vocab,
                                      targets: targets, config: LMHeadConfig())
+        if let frozen { return (zip(frozen, lp).reduce(0) { $0 + $1.0 * $1.1 }, []) }
         let r = try PolicyLoss.compute(batch: batch, length: length, logps: lp, advantages: advantages.map(Double.init),
                                        mask: mask, oldLogps: old.map(Double.init),
                                        refLogps: config.beta != 0 ? ref.map(Double.init) : nil,
-                                       config: config, computeGrad: false)
-        return r.loss
+                                       config: config, computeGrad: wantGrad)
+        return (r.loss, r.grad)
     }
 
     func run(_ config: LossConfig, budget: Int = FusedLinearLoss.defaultScratchBudget) throws -> FusedLinearLossResult {
@@ -77,8 +82,9 @@ struct FusedLinearLossTests {
         let r = try c.run(config, budget: budget)
         var h = c.hidden.map(Double.init), w = c.weight.map(Double.init)
         var b = c.bias?.map(Double.init)
-        let loss0 = try c.referenceLoss(hidden: h, weight: w, bias: b, config: config)
+        let (loss0, g0) = try c.referenceLoss(hidden: h, weight: w, bias: b, config: config, wantGrad: true)
         #expect(abs(r.loss - loss0) <= 1e-5 * max(1, abs(loss0)))
+        let frozen: [Double]? = type == .cispo || type == .vespo ? g0 : nil
         let eps = 1e-6
         func fd(_ x: inout [Double], _ i: Int, _ f: ([Double]) throws -> Double) rethrows -> Double {
             let s = x[i]
@@ -88,17 +94,17 @@ struct FusedLinearLossTests {
             return (p - m) / (2 * eps)
         }
         let gh = try (0..<h.count).map { i in
-            try fd(&h, i) { hh in try c.referenceLoss(hidden: hh, weight: w, bias: b, config: config) }
+            try fd(&h, i) { hh in try c.referenceLoss(hidden: hh, weight: w, bias: b, config: config, frozen: frozen).loss }
         }
         let gw = try (0..<w.count).map { i in
-            try fd(&w, i) { ww in try c.referenceLoss(hidden: h, weight: ww, bias: b, config: config) }
+            try fd(&w, i) { ww in try c.referenceLoss(hidden: h, weight: ww, bias: b, config: config, frozen: frozen).loss }
         }
         #expect(relativeError(r.gradHidden, gh) < 1e-4)
         #expect(relativeError(r.gradWeight, gw) < 1e-4)
         #expect(gh.contains { $0 != 0 })
         if var bb = b, let rb = r.gradBias {
             let gb = try (0..<bb.count).map { i in
-                try fd(&bb, i) { x in try c.referenceLoss(hidden: h, weight: w, bias: x, config: config) }
+                try fd(&bb, i) { x in try c.referenceLoss(hidden: h, weight: w, bias: x, config: config, frozen: frozen).loss }
             }
             b = bb
             #expect(relativeError(rb, gb) < 1e-4)
