@@ -550,7 +550,8 @@ typedef struct grpo_fused_loss_inputs {
     /** (batch, importance_sampling_ratio_cols) or NULL, cols 1 or length. */
     const void *importance_sampling_ratio;
     ptrdiff_t importance_sampling_ratio_cols;
-    /** Bytes of resident logits the 3-GEMM schedule may use (>= 0; 0 = the default, 256 MiB).
+    /** Bytes of resident logits the 3-GEMM schedule may use (>= 0; 0 = the default,
+        min(256 MiB, n x vocab x 2): half the logits at most, never an n x vocab buffer).
         A budget below length x vocab x 4 selects the 4-GEMM schedule. */
     ptrdiff_t scratch_budget;
 } grpo_fused_loss_inputs;

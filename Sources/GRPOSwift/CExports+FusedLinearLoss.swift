@@ -54,9 +54,9 @@ func fusedLinearLossC<E: LogitElement>(
         scratchBudget: try budget(in_.scratch_budget))
 }
 
-func budget(_ b: Int) throws(GRPOError) -> Int {
+func budget(_ b: Int) throws(GRPOError) -> Int? {
     guard b >= 0 else { throw GRPOError(.value, "scratch_budget must be >= 0 (0 = default), got \(b)") }
-    return b == 0 ? FusedLinearLoss.defaultScratchBudget : b
+    return b == 0 ? nil : b
 }
 
 @c @implementation

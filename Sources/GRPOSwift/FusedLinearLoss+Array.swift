@@ -20,7 +20,7 @@ extension FusedLinearLoss {
     public static func compute(
         batch: Int, length: Int, hiddenSize: Int, vocab: Int, hidden: [Float], weight: [Float], bias: [Float]? = nil,
         targets: [Int64], mask: [UInt8], advantages: [Float], oldLogps: [Float]? = nil, refLogps: [Float]? = nil,
-        config: LossConfig, head: LMHeadConfig = LMHeadConfig(), scratchBudget: Int = defaultScratchBudget
+        config: LossConfig, head: LMHeadConfig = LMHeadConfig(), scratchBudget: Int? = nil
     ) throws(GRPOError) -> FusedLinearLossResult {
         let n = try checkedProduct(batch, length, what: "batch * length")
         var gh = [Float](repeating: 0, count: try checkedProduct(n, hiddenSize, what: "grad_hidden"))

@@ -29,10 +29,19 @@ import Glibc
 import CBLAS
 
 extension FusedLinearLoss {
-    /// Default bound on the resident logits of one block (bytes): 256 MiB, i.e. 2048 rows at
-    /// V = 32768 or 441 rows at V = 151936. An N x V buffer would be 256 MiB at N = 2048,
-    /// V = 32768 and 1.2 GiB at V = 151936.
+    /// Default bound on the resident logits of one block (bytes): 256 MiB, and never more than
+    /// half of the batch's N x V logits (`resolvedBudget`), so the default never allocates an
+    /// N x V buffer: 1024 rows at N = 2048, V = 32768 (128 MiB); 441 rows at V = 151936.
     public static let defaultScratchBudget = 256 << 20
+
+    /// The budget in force: `requested`, or min(defaultScratchBudget, N V 4 / 2) when nil.
+    static func resolvedBudget(_ requested: Int?, rows: Int, vocab: Int) -> Int {
+        if let requested { return requested }
+        let (a, o1) = rows.multipliedReportingOverflow(by: vocab)
+        let (b, o2) = a.multipliedReportingOverflow(by: 2)  // 4 bytes per float, half of them
+        guard !o1, !o2 else { return defaultScratchBudget }
+        return Swift.min(defaultScratchBudget, b)
+    }
     static let gemmCols = 1024
     static let gemmHidden = 128
     static let foldRows = 4

@@ -24,8 +24,8 @@
 // Loss and metrics are always computed once on the whole batch's (lp, H) (O(N) work). Reference
 // log-probs from (ref_hidden, ref_weight) take one more forward GEMM pass, under no grad.
 //
-// Memory: 3-GEMM: one block's logits, at most `scratchBudget` bytes (default 256 MiB; blocks hold
-// floor(budget / (4 T V)) sequences); 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
+// Memory: 3-GEMM: one block's logits, at most `scratchBudget` bytes (default min(256 MiB, half
+// of the N x V logits): never an N x V buffer; blocks hold floor(budget / (4 T V)) sequences); 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
 // 16 MiB with the defaults). Plus O(N) per-row vectors: lp, H, g, gH (float) and lse (double) =
 // 24 N bytes (+4 N for computed ref log-probs). Never O(N V) beyond the budget; `scratchBytes`
 // gives the exact figure.
@@ -88,8 +88,9 @@ public enum FusedLinearLoss {
     /// batch x length), plus 24 bytes per row (+4 with ref_hidden).
     public static func scratchBytes(batch: Int, length: Int, hiddenSize: Int, vocab: Int, head: LMHeadConfig,
                                     bfloat16: Bool, refFromHidden: Bool, lossConfig: LossConfig = LossConfig(),
-                                    scratchBudget: Int = defaultScratchBudget) throws(GRPOError) -> Int {
+                                    scratchBudget: Int? = nil) throws(GRPOError) -> Int {
         let rows = try checkedProduct(batch, length, what: "batch * length")
+        let scratchBudget = resolvedBudget(scratchBudget, rows: rows, vocab: vocab)
         var tile = try FusedLMHead.scratchBytes(rows: rows, hidden: hiddenSize, vocab: vocab, config: head,
                                                 bfloat16: bfloat16)
         if let seqs = residentSequences(batch: batch, length: length, vocab: vocab, budget: scratchBudget,
@@ -113,9 +114,9 @@ public enum FusedLinearLoss {
         gradHidden: UnsafeMutableBufferPointer<Float>?, gradWeight: UnsafeMutableBufferPointer<Float>?,
         gradBias: UnsafeMutableBufferPointer<Float>?,
         logProbs: UnsafeMutableBufferPointer<Float>? = nil, entropy: UnsafeMutableBufferPointer<Float>? = nil,
-        scratchBudget: Int = defaultScratchBudget
+        scratchBudget: Int? = nil
     ) throws(GRPOError) -> PolicyLossMetrics {
-        guard scratchBudget >= 0 else { throw GRPOError(.value, "scratch_budget must be >= 0, got \(scratchBudget)") }
+        if let b = scratchBudget, b < 0 { throw GRPOError(.value, "scratch_budget must be >= 0, got \(b)") }
         try loss.validate()
         guard x.batch >= 1, x.length >= 0 else {
             throw GRPOError(.shape, "batch must be >= 1 and length >= 0, got batch=\(x.batch), length=\(x.length)")
@@ -168,7 +169,8 @@ public enum FusedLinearLoss {
 
         // The 3-GEMM schedule (FusedLinearLoss+Resident.swift) when it applies.
         if wantGrad, E.self == Float.self,
-           let seqs = residentSequences(batch: x.batch, length: x.length, vocab: x.vocab, budget: scratchBudget,
+           let seqs = residentSequences(batch: x.batch, length: x.length, vocab: x.vocab,
+                                        budget: resolvedBudget(scratchBudget, rows: n, vocab: x.vocab),
                                         config: loss, isFloat: true) {
             let p = try FusedLMHead.plan(rows: n, hidden: x.hiddenSize, vocab: x.vocab, config: head)
             try FusedLMHead.validateCommon(p, hidden: x.hidden.count, weight: x.weight.count, bias: x.bias?.count,

@@ -103,8 +103,9 @@ def fused_linear_grpo_loss(hidden, weight, selected_token_ids, mask, advantages,
         importance_sampling_ratio: vLLM IS ratio (B,), (B, 1) or (B, T).
         temperature, logit_scale, final_logit_softcapping: the LM head's options (TRL's names).
         compute_grad: False: loss and metrics only (one GEMM pass).
-        scratch_budget: bytes of resident logits for the 3-GEMM schedule (0 = default 256 MiB;
-            a budget below T x V x 4 selects the 4-GEMM schedule, as does top_entropy_quantile < 1).
+        scratch_budget: bytes of resident logits for the 3-GEMM schedule (0 = default:
+            min(256 MiB, half of the B*T x V logits), never an N x V buffer; a budget below
+            T x V x 4 selects the 4-GEMM schedule, as do top_entropy_quantile < 1 and bfloat16).
         config: a LossConfig, or the loss options as keywords (loss_type, beta, epsilon, ...,
             exactly `grpo_loss`'s names).
     Returns:
@@ -191,7 +192,8 @@ def fused_linear_loss_scratch_bytes(batch: int, length: int, hidden_size: int, v
                                     top_entropy_quantile: float = 1.0, scratch_budget: int = 0, tile_rows: int = 0,
                                     tile_cols: int = 0) -> int:
     """Bytes `fused_linear_grpo_loss` allocates besides its outputs (an upper bound) for a
-    (batch, length) call: one block's resident logits (<= scratch_budget, default 256 MiB) for
+    (batch, length) call: one block's resident logits (<= scratch_budget, default min(256 MiB,
+    half the logits)) for
     the 3-GEMM schedule or one tile for the 4-GEMM schedule, plus 24 (28 with ref_hidden) bytes
     per row; never batch x length x vocab beyond the budget."""
     fn = "fused_linear_loss_scratch_bytes"
