@@ -45,14 +45,16 @@ extension FusedLinearLoss {
     static let gemmCols = 1024
     static let gemmHidden = 128
     static let foldRows = 4
+    static let ldPad = 16
 
     /// Sequences per block for the 3-GEMM schedule, or nil when it does not apply.
     static func residentSequences(batch: Int, length: Int, vocab: Int, budget: Int, config: LossConfig,
                                   isFloat: Bool) -> Int? {
         guard isFloat, config.topEntropyQuantile >= 1, length >= 1, budget > 0 else { return nil }
-        let (perRow, o1) = vocab.multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
+        let (padded, o0) = vocab.addingReportingOverflow(ldPad)
+        let (perRow, o1) = padded.multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
         let (perSeq, o2) = perRow.multipliedReportingOverflow(by: length)
-        guard !o1, !o2, perSeq <= budget else { return nil }
+        guard !o0, !o1, !o2, perSeq <= budget else { return nil }
         return Swift.min(batch, budget / perSeq)
     }
 
@@ -81,7 +83,10 @@ extension FusedLinearLoss {
         let bp = x.bias?.baseAddress
         let ghp = gradHidden?.baseAddress, gwp = gradWeight?.baseAddress, gbp = gradBias?.baseAddress
         let maxRows = sequencesPerBlock * T
-        let tileCount = try checkedProduct(maxRows, V, what: "resident logits")
+        // Row stride V + 16 floats: a power-of-two stride (V = 32768) maps every row of a GEMM
+        // panel to the same cache sets.
+        let ld = V + ldPad  // no overflow: residentSequences checked (V + ldPad) * 4 * T
+        let tileCount = try checkedProduct(maxRows, ld, what: "resident logits")
         let scratch = try FusedLMHead.allocateScratch(tileCount + 2 * maxRows)
         defer { FusedLMHead.releaseScratch(scratch) }
         guard let tile = scratch.baseAddress else { throw GRPOError(.internal, "empty scratch mapping") }
@@ -114,7 +119,7 @@ extension FusedLinearLoss {
                 let (tile, _, _, _, _) = lossState.value
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nr), Int32(cols.count), Int32(H),
                             1, hBlock, Int32(H), w + cols.lowerBound * H, Int32(H),
-                            0, tile + cols.lowerBound, Int32(V))
+                            0, tile + cols.lowerBound, Int32(ld))
             }
             // 2. fold each row: lp, H (and the row becomes the transformed logits).
             var lseBlock = [Double](repeating: 0, count: nr)
@@ -127,7 +132,7 @@ extension FusedLinearLoss {
                         let y = Int(x.targets[i])
                         guard y >= 0 else { lpp[i] = 0; entp[i] = 0; lseS.value[r] = 0; continue }
                         var m = -Float.infinity, s: Float = 0, t: Float = 0, zy: Float = 0
-                        FusedLMHead.foldForward(tile + r * V, V, bias, p, target: y, m: &m, s: &s, t: &t, zy: &zy)
+                        FusedLMHead.foldForward(tile + r * ld, V, bias, p, target: y, m: &m, s: &s, t: &t, zy: &zy)
                         let logS = logf(s)
                         lpp[i] = (zy - m) * p.invT - logS
                         entp[i] = logS - t / s
@@ -170,7 +175,7 @@ extension FusedLinearLoss {
                         let i = r0 + r
                         let gl = gBuf[r], gh = withEntropy ? gHBuf[r] : 0
                         let y = Int(x.targets[i])
-                        let row = tile + r * V
+                        let row = tile + r * ld
                         guard y >= 0, gl != 0 || gh != 0 else { row.initialize(repeating: 0, count: V); continue }
                         residentBackward(row, V, p, target: y, lse: lseS.value[r], h: entp[i], gl: gl, gh: gh)
                     }
@@ -182,7 +187,7 @@ extension FusedLinearLoss {
                 Parallel.forEachChunk(count: H, chunkSize: gemmHidden) { _, hc in
                     let (tile, _, _, _, _) = lossState.value
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nr), Int32(hc.count), Int32(V),
-                                1, tile, Int32(V), w + hc.lowerBound, Int32(H),
+                                1, tile, Int32(ld), w + hc.lowerBound, Int32(H),
                                 0, out.value + hc.lowerBound, Int32(H))
                 }
             }
@@ -195,12 +200,12 @@ extension FusedLinearLoss {
                     let (gwp, gbp) = outs.value
                     if let gwp {
                         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols.count), Int32(H), Int32(nr),
-                                    1, tile + cols.lowerBound, Int32(V), hBlock, Int32(H),
+                                    1, tile + cols.lowerBound, Int32(ld), hBlock, Int32(H),
                                     beta, gwp + cols.lowerBound * H, Int32(H))
                     }
                     if let gbp {
                         for r in 0..<nr {
-                            let row = tile + r * V
+                            let row = tile + r * ld
                             for j in cols { gbp[j] += row[j] }
                         }
                     }

@@ -96,7 +96,9 @@ public enum FusedLinearLoss {
         if let seqs = residentSequences(batch: batch, length: length, vocab: vocab, budget: scratchBudget,
                                         config: lossConfig, isFloat: !bfloat16) {
             let blockRows = seqs * length
-            let resident = try checkedProduct(blockRows, vocab, what: "resident logits") * 4 + blockRows * 16
+            // residentSequences checked (vocab + ldPad) * 4 * blockRows <= budget: no overflow there.
+            let (resident, o) = (blockRows * (vocab + ldPad) * 4).addingReportingOverflow(blockRows * 16)
+            guard !o else { throw GRPOError(.overflow, "scratch size overflows") }
             tile = Swift.max(tile, resident)
         }
         let perRow = 24 + (refFromHidden ? 4 : 0)
