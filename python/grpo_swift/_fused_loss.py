@@ -2,10 +2,12 @@
 the gradients w.r.t. hidden, weight and bias, in one Swift call without the (N, V) logits.
 
 `fused_linear_grpo_loss` (numpy, float32) equals `fused_log_probs` -> `grpo_loss` -> the fused
-log-prob backward composed by hand (same kernels, same maths), with the gradients formed inside the call:
-pass 1 (logits tile by sgemm, online log-sum-exp and entropy), the loss kernel on the per-token
-log-probs (d loss / d logp in closed form), pass 2 (tile recomputed, turned into d loss / d
-logits, grad_hidden and grad_weight by sgemm). Extra memory: `fused_linear_loss_scratch_bytes`.
+log-prob backward composed by hand (same maths), with the gradients formed inside the call.
+3-GEMM schedule (float32, top_entropy_quantile == 1, one sequence's logits within the scratch
+budget): per block of whole sequences, logits by sgemm kept resident, online log-sum-exp and
+entropy, the loss kernel on the block (normalisers fixed by the mask), the resident logits turned
+into d loss / d logits, grad_hidden and grad_weight by sgemm. Otherwise the 4-GEMM schedule
+(logits recomputed in a second pass). Extra memory: `fused_linear_loss_scratch_bytes`.
 """
 from __future__ import annotations
 
