@@ -310,9 +310,9 @@ def test_torch_keyword_form_and_no_grad():
     assert float(l2) == float(loss)
 
 
-def test_torch_bf16_within_liger_tolerances():
+def test_torch_bf16_exact_widening_and_close_to_float32():
     """bf16 hidden/weight: the kernel widens them exactly to float32, so the result equals the
-    float32 path on the bf16-rounded values, and is within Liger's bf16 tolerances of float32."""
+    float32 path on the bf16-rounded values, and is within a bf16-scale tolerance of float32."""
     x, w, b, ids, mask, adv, old, ref = _liger_inputs(33, bias=False)
     xb, wb = (t.detach().to(torch.bfloat16).requires_grad_() for t in (x, w))
     mod = FusedLinearGRPOLoss(beta=0.04, loss_type="grpo")
@@ -326,7 +326,7 @@ def test_torch_bf16_within_liger_tolerances():
     torch.testing.assert_close(xb.grad, xr.grad.to(torch.bfloat16), rtol=0, atol=0)
     lf, _ = mod(x, w, ids, mask, adv, ref_per_token_logps=ref, old_per_token_logps=old)
     lf.backward()
-    # Liger's test_grpo_loss bf16 tolerances: atol=1e-1, rtol=1e-1 (loss), 1e-1 for gradients.
+    # bf16 vs float32 inputs: atol = rtol = 1e-1 (a bf16-scale tolerance; not checked against Liger's own test file).
     torch.testing.assert_close(lb.float(), lf, atol=1e-1, rtol=1e-1)
     torch.testing.assert_close(xb.grad.float(), x.grad, atol=1e-1, rtol=1e-1)
     torch.testing.assert_close(wb.grad.float(), w.grad, atol=1e-1, rtol=1e-1)
