@@ -326,7 +326,7 @@ def test_torch_bf16_exact_widening_and_close_to_float32():
     torch.testing.assert_close(xb.grad, xr.grad.to(torch.bfloat16), rtol=0, atol=0)
     lf, _ = mod(x, w, ids, mask, adv, ref_per_token_logps=ref, old_per_token_logps=old)
     lf.backward()
-    # bf16 vs float32 inputs: atol = rtol = 1e-1 (a bf16-scale tolerance; not checked against Liger's own test file).
+    # bf16 vs float32 inputs: atol = rtol = 1e-1 (bf16 scale; not checked against Liger's test file).
     torch.testing.assert_close(lb.float(), lf, atol=1e-1, rtol=1e-1)
     torch.testing.assert_close(xb.grad.float(), x.grad, atol=1e-1, rtol=1e-1)
     torch.testing.assert_close(wb.grad.float(), w.grad, atol=1e-1, rtol=1e-1)
