@@ -634,6 +634,98 @@ grpo_status grpo_zero_spread_groups_f32(const float *rewards, ptrdiff_t n,
                                         const int64_t *group_ids, ptrdiff_t num_generations,
                                         double tolerance, uint8_t *zero_spread,
                                         char *err, size_t errlen);
+/* ==== fused linear GRPO loss: section owned by issue 7 ==== */
+
+/*
+ * The GRPO loss straight from the last hidden states and the LM-head weight (Liger-Kernel's
+ * LigerFusedLinearGRPOLoss, TRL 1.16's loss): per-token lp and H of
+ * logits = (hidden weight^T + bias) * logit_scale (softcapped) / temperature as in
+ * grpo_fused_log_probs_f32, then exactly grpo_policy_loss on (lp, H), then the gradients
+ *   d loss/d logits_iv = g_i (1[v = t_i] - p_iv) - gH_i p_iv (log p_iv + H_i)  (through scale,
+ *   softcap, temperature), grad_hidden = G weight, grad_weight = G^T hidden, grad_bias = sum_i G,
+ * with g = d loss/d lp and gH = d loss/d H from the loss kernel. The n x vocab logits are never
+ * stored whole. Two schedules (same results within float32 rounding; loss and metrics always
+ * from one loss-kernel call on the whole batch):
+ *   3 GEMM passes (float32 inputs, top_entropy_quantile == 1, length x vocab x 4 bytes <=
+ *   scratch_budget): per block of whole sequences, sgemm the block's logits into scratch, fold
+ *   rows (lp, H), the loss kernel on the block (its normalisers depend only on the mask, so g is
+ *   exact after a known rescale), logits overwritten with G, then grad_hidden and grad_weight by
+ *   sgemm. Extra memory: one block's logits (<= scratch_budget).
+ *   4 GEMM passes (otherwise): pass 1 (one sgemm per tile + online log-sum-exp) over all rows,
+ *   the loss kernel, pass 2 (tile recomputed, overwritten with G, two sgemms). Extra memory: one
+ *   tile (grpo_fused_log_probs_scratch_bytes).
+ * Plus 24 bytes per row (28 with ref_hidden): grpo_fused_linear_loss_scratch_bytes.
+ * Results are bitwise identical for any thread count.
+ */
+
+/** Inputs of grpo_fused_linear_loss. n = batch * length rows; row-major, dense. */
+typedef struct grpo_fused_loss_inputs {
+    /** batch >= 1, length >= 0, hidden_size >= 1, vocab >= 1. */
+    ptrdiff_t batch;
+    ptrdiff_t length;
+    ptrdiff_t hidden_size;
+    ptrdiff_t vocab;
+    /** GRPO_F32 or GRPO_BF16 (uint16 bits): the type of hidden, weight, bias, ref_hidden,
+        ref_weight, ref_bias. Arithmetic and gradients are float32. */
+    int32_t dtype;
+    /** grpo_dtype of advantages and importance_sampling_ratio. */
+    int32_t aux_dtype;
+    /** (n, hidden_size), required. */
+    const void *hidden;
+    /** (vocab, hidden_size), required. */
+    const void *weight;
+    /** (vocab) or NULL. */
+    const void *bias;
+    /** (n) int64 token ids in [0, vocab); a negative id only where mask is 0 (not scored). */
+    const int64_t *selected_token_ids;
+    /** (n) 0/1. */
+    const uint8_t *mask;
+    /** (batch, advantages_cols), cols 1 or length. */
+    const void *advantages;
+    ptrdiff_t advantages_cols;
+    /** (n) float32 each, or NULL: old (NULL = on-policy), ref, sampler log-probs. */
+    const float *old_logps;
+    const float *ref_logps;
+    const float *sampling_logps;
+    /** Used when ref_logps is NULL: reference hidden (n, hidden_size), weight and bias (as
+        hidden/weight/bias; NULL = none): ref log-probs computed under no grad. */
+    const void *ref_hidden;
+    const void *ref_weight;
+    const void *ref_bias;
+    /** (batch, importance_sampling_ratio_cols) or NULL, cols 1 or length. */
+    const void *importance_sampling_ratio;
+    ptrdiff_t importance_sampling_ratio_cols;
+    /** Bytes of resident logits the 3-GEMM schedule may use (>= 0; 0 = the default,
+        min(256 MiB, n x vocab x 2): half the logits at most, never an n x vocab buffer).
+        A budget below length x vocab x 4 selects the 4-GEMM schedule. */
+    ptrdiff_t scratch_budget;
+} grpo_fused_loss_inputs;
+
+/**
+ * Loss, metrics and gradients in one call.
+ * grad_hidden (n, hidden_size), grad_weight (vocab, hidden_size), grad_bias (vocab; requires
+ * bias): float32, each NULL (not computed) or OVERWRITTEN. log_probs, entropy: (n) float32 or
+ * NULL, receive pass 1's per-token values. metrics: required (as grpo_policy_loss).
+ * Errors: NULL, SHAPE, DTYPE, VALUE as grpo_policy_loss and grpo_fused_log_probs_f32 (a target
+ * >= vocab, or < 0 at a valid position, is VALUE); NO_MEMORY when the scratch cannot be mapped.
+ */
+grpo_status grpo_fused_linear_loss(const grpo_fused_loss_inputs *inputs, const grpo_loss_config *loss_cfg,
+                                   const grpo_lm_head_config *head_cfg, float *grad_hidden,
+                                   float *grad_weight, float *grad_bias, float *log_probs,
+                                   float *entropy, grpo_loss_metrics *metrics, char *err, size_t errlen);
+
+/**
+ * Bytes of memory grpo_fused_linear_loss allocates besides its outputs (an upper bound) for
+ * batch x length rows (dtype GRPO_F32 or GRPO_BF16; ref_from_hidden 1 when ref log-probs come
+ * from ref_hidden; top_entropy_quantile_below_one 1 when that option is < 1; scratch_budget as
+ * in grpo_fused_loss_inputs).
+ */
+grpo_status grpo_fused_linear_loss_scratch_bytes(ptrdiff_t batch, ptrdiff_t length, ptrdiff_t hidden_size,
+                                                 ptrdiff_t vocab, const grpo_lm_head_config *head_cfg,
+                                                 int32_t dtype, int32_t ref_from_hidden,
+                                                 int32_t top_entropy_quantile_below_one,
+                                                 ptrdiff_t scratch_budget, ptrdiff_t *bytes, char *err,
+                                                 size_t errlen);
 
 #ifdef __cplusplus
 }

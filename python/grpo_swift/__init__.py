@@ -38,6 +38,11 @@ from ._estimators import (  # noqa: E402
     zero_spread_groups,
 )
 from ._controllers import AdaptiveEntropyController, AdaptiveKLController  # noqa: E402
+from ._fused_loss import (  # noqa: E402
+    FusedLinearLossResult,
+    fused_linear_grpo_loss,
+    fused_linear_loss_scratch_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -68,6 +73,9 @@ __all__ = [
     "informative_rows",
     "AdaptiveKLController",
     "AdaptiveEntropyController",
+    "FusedLinearLossResult",
+    "fused_linear_grpo_loss",
+    "fused_linear_loss_scratch_bytes",
     "get_num_threads",
     "set_num_threads",
     "__version__",

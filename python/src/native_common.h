@@ -61,5 +61,6 @@ extern PyMethodDef gs_advantages_methods[];
 extern PyMethodDef gs_loss_methods[];
 extern PyMethodDef gs_logprobs_methods[];
 extern PyMethodDef gs_estimators_methods[];
+extern PyMethodDef gs_fused_loss_methods[];
 
 #endif
