@@ -60,6 +60,15 @@ def results() -> dict:
         out["loss"][lt] = r.loss
         out["grad_norm"][lt] = float(np.linalg.norm(r.grad))
         out["grad"][lt] = r.grad
+    # the other variants at ratio 1. sapo: l = -(4/tau) sigmoid(0) A = -2 A / tau(A), with a
+    # different temperature for A > 0 and A < 0. cispo and vespo: l = -w A logp with w = 1
+    # (cispo: min(r, epsilon_high) = 1; vespo: phi(log w = 0) = 1), normalised like dapo.
+    tau = np.where(adv > 0, 1.0, 1.05)  # TRL's sapo_temperature_pos / _neg defaults
+    A_lp = float(np.sum(adv[:, None] * logps * mask))
+    out["other_closed"] = {"sapo": float(np.mean(-2.0 * adv / tau)), "cispo": -A_lp / N, "vespo": -A_lp / N}
+    out["other_loss"] = {lt: grpo_swift.grpo_loss(logps, adv, mask, loss_type=lt, epsilon_high=5.0 if lt == "cispo"
+                                                  else None).loss for lt in out["other_closed"]}
+
     # the grpo gradient is REINFORCE: -A_i / (L_i B) on each active token
     out["grpo_grad_closed"] = np.where(mask, -adv[:, None] / (L[:, None] * B), 0.0)
 
@@ -100,6 +109,8 @@ def main() -> None:
     for lt, c in r["closed"].items():
         print(f"{lt:>9} {r['loss'][lt]:16.6g} {c + 0.0:12.6g} {r['grad_norm'][lt]:10.4f}")
     print(f"grpo loss == 0.0 exactly: {r['loss']['grpo'] == 0.0}")
+    for lt, c in r["other_closed"].items():
+        print(f"{lt:>9} {r['other_loss'][lt]:16.6g} {c:12.6g}   (not 0: see the doc)")
     dev = np.max(np.abs(r["grad"]["grpo"] - r["grpo_grad_closed"]))
     print(f"grpo gradient vs -A_i / (L_i B): max abs difference {dev:.1e}")
     u = r["unbalanced"]

@@ -134,6 +134,10 @@ def test_zero_loss_claims():
         assert r["grad_norm"][lt] > 0.0, lt
     for lt in ("bnpo", "dr_grpo", "dapo", "luspo"):
         assert abs(r["loss"][lt]) > 0.05, lt
+    # sapo (temperature depends on the sign of A), cispo and vespo (-A logp) are not 0 at ratio 1
+    for lt, closed in r["other_closed"].items():
+        assert r["other_loss"][lt] == pytest.approx(closed, rel=1e-5), lt
+        assert abs(r["other_loss"][lt]) > 0.01, lt
     # unbalanced groups: 0 up to the rounding of the advantages' sum
     assert abs(r["unbalanced"]["loss"]) < 1e-12 and r["unbalanced"]["grad_norm"] > 0.1
     # beta > 0 with reference == policy: KL exactly 0, loss unchanged
