@@ -186,9 +186,12 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  * Metrics follow TRL's shapes otherwise: with sequence-level ratios and per-row advantages the
  * clip ratios / cispo_clip_ratio are means over all B rows; vespo/phi_seq_mean is a mean over
  * rows for per-row advantages, over valid tokens for (B,T) advantages.
- * Precision: the per-token maths runs in float for f32/bf16/f16 inputs (a SIMD8 path with
- * FMA polynomial exp/expm1, a few ulp, covers float32 token-level clipped losses), in double
- * for f64; k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1; parity within tolerance).
+ * Precision: the per-token maths runs in float for f32/bf16/f16 inputs, in double for f64.
+ * float32 inputs with one advantage per row take SIMD8 paths (FMA polynomial exp/expm1, a
+ * few ulp) for every loss type and level, except a per-token IS ratio with a non-vespo loss
+ * and token-level vespo with bias-corrected KL;
+ * other inputs take the scalar path. k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1;
+ * parity within tolerance).
  */
 
 /** Loss variants (TRL's `loss_type`). */
@@ -448,13 +451,35 @@ grpo_status grpo_fused_log_probs_backward_f32(
     float *grad_weight, float *grad_bias, char *err, size_t errlen);
 
 /**
- * Bytes of scratch one fused forward or backward call allocates for these sizes:
- * min(n, tile_rows) x min(vocab, tile_cols) floats plus 4 floats per tile row, bounded
- * independently of n and vocab (16 MiB + 16 KiB with the default tiles). Written to *bytes.
+ * As grpo_fused_log_probs_f32 for bfloat16 hidden, weight and bias (uint16 bit patterns).
+ * Each row block of hidden and each vocabulary slice of weight/bias is widened exactly to
+ * float32 in scratch before its GEMMs; all arithmetic and outputs are float32.
+ */
+grpo_status grpo_fused_log_probs_bf16(const uint16_t *hidden, const uint16_t *weight,
+                                      const uint16_t *bias, ptrdiff_t n, ptrdiff_t hidden_size,
+                                      ptrdiff_t vocab, const int64_t *targets,
+                                      const grpo_lm_head_config *cfg, float *log_probs,
+                                      float *entropy, double *logsumexp, char *err, size_t errlen);
+
+/** As grpo_fused_log_probs_backward_f32 for bfloat16 inputs; gradients are float32. */
+grpo_status grpo_fused_log_probs_backward_bf16(
+    const uint16_t *hidden, const uint16_t *weight, const uint16_t *bias, ptrdiff_t n,
+    ptrdiff_t hidden_size, ptrdiff_t vocab, const int64_t *targets,
+    const grpo_lm_head_config *cfg, const double *logsumexp, const float *entropy,
+    const float *grad_log_probs, const float *grad_entropy, float *grad_hidden,
+    float *grad_weight, float *grad_bias, char *err, size_t errlen);
+
+/**
+ * Bytes of scratch one fused forward or backward call allocates for these sizes and input
+ * dtype (GRPO_F32 or GRPO_BF16): min(n, tile_rows) x min(vocab, tile_cols) floats plus 4
+ * floats per tile row (16 MiB + 16 KiB with the default tiles); for bfloat16 also
+ * (tile_rows + tile_cols) x hidden_size + tile_cols floats for the widened inputs. Bounded
+ * independently of n and vocab. Written to *bytes.
  */
 grpo_status grpo_fused_log_probs_scratch_bytes(ptrdiff_t n, ptrdiff_t hidden_size,
                                                ptrdiff_t vocab, const grpo_lm_head_config *cfg,
-                                               ptrdiff_t *bytes, char *err, size_t errlen);
+                                               int32_t dtype, ptrdiff_t *bytes, char *err,
+                                               size_t errlen);
 
 /**
  * Benchmark anchor: one plain row-major cblas_sgemm c (m x n) = a (m x k) b^T (b is n x k)

@@ -175,9 +175,8 @@ func checkLMHeadSizes(_ n: Int, _ h: Int, _ v: Int) throws(GRPOError) -> (nh: In
             try checkedProduct(v, h, what: "weight (vocab x hidden_size)"))
 }
 
-@c @implementation
-public func grpo_fused_log_probs_f32(
-    _ hidden: UnsafePointer<Float>?, _ weight: UnsafePointer<Float>?, _ bias: UnsafePointer<Float>?,
+func fusedForwardC<E: LogitElement>(
+    _ hidden: UnsafePointer<E>?, _ weight: UnsafePointer<E>?, _ bias: UnsafePointer<E>?,
     _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ targets: UnsafePointer<Int64>?,
     _ cfg: UnsafePointer<grpo_lm_head_config>?,
     _ logProbs: UnsafeMutablePointer<Float>?, _ entropy: UnsafeMutablePointer<Float>?,
@@ -195,9 +194,8 @@ public func grpo_fused_log_probs_f32(
     }
 }
 
-@c @implementation
-public func grpo_fused_log_probs_backward_f32(
-    _ hidden: UnsafePointer<Float>?, _ weight: UnsafePointer<Float>?, _ bias: UnsafePointer<Float>?,
+func fusedBackwardC<E: LogitElement>(
+    _ hidden: UnsafePointer<E>?, _ weight: UnsafePointer<E>?, _ bias: UnsafePointer<E>?,
     _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ targets: UnsafePointer<Int64>?,
     _ cfg: UnsafePointer<grpo_lm_head_config>?, _ logsumexp: UnsafePointer<Double>?,
     _ entropy: UnsafePointer<Float>?, _ gradLogProbs: UnsafePointer<Float>?,
@@ -221,15 +219,78 @@ public func grpo_fused_log_probs_backward_f32(
     }
 }
 
+/// bfloat16 bits as BFloat16 (same layout: one UInt16).
+@inline(__always)
+func asBF16(_ p: UnsafePointer<UInt16>?) -> UnsafePointer<BFloat16>? {
+    p.map { UnsafeRawPointer($0).assumingMemoryBound(to: BFloat16.self) }
+}
+
+@c @implementation
+public func grpo_fused_log_probs_f32(
+    _ hidden: UnsafePointer<Float>?, _ weight: UnsafePointer<Float>?, _ bias: UnsafePointer<Float>?,
+    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ targets: UnsafePointer<Int64>?,
+    _ cfg: UnsafePointer<grpo_lm_head_config>?,
+    _ logProbs: UnsafeMutablePointer<Float>?, _ entropy: UnsafeMutablePointer<Float>?,
+    _ logsumexp: UnsafeMutablePointer<Double>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+) -> grpo_status {
+    fusedForwardC(hidden, weight, bias, n, hiddenSize, vocab, targets, cfg, logProbs, entropy, logsumexp,
+                  err, errlen)
+}
+
+@c @implementation
+public func grpo_fused_log_probs_bf16(
+    _ hidden: UnsafePointer<UInt16>?, _ weight: UnsafePointer<UInt16>?, _ bias: UnsafePointer<UInt16>?,
+    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ targets: UnsafePointer<Int64>?,
+    _ cfg: UnsafePointer<grpo_lm_head_config>?,
+    _ logProbs: UnsafeMutablePointer<Float>?, _ entropy: UnsafeMutablePointer<Float>?,
+    _ logsumexp: UnsafeMutablePointer<Double>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+) -> grpo_status {
+    fusedForwardC(asBF16(hidden), asBF16(weight), asBF16(bias), n, hiddenSize, vocab, targets, cfg, logProbs,
+                  entropy, logsumexp, err, errlen)
+}
+
+@c @implementation
+public func grpo_fused_log_probs_backward_f32(
+    _ hidden: UnsafePointer<Float>?, _ weight: UnsafePointer<Float>?, _ bias: UnsafePointer<Float>?,
+    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ targets: UnsafePointer<Int64>?,
+    _ cfg: UnsafePointer<grpo_lm_head_config>?, _ logsumexp: UnsafePointer<Double>?,
+    _ entropy: UnsafePointer<Float>?, _ gradLogProbs: UnsafePointer<Float>?,
+    _ gradEntropy: UnsafePointer<Float>?, _ gradHidden: UnsafeMutablePointer<Float>?,
+    _ gradWeight: UnsafeMutablePointer<Float>?, _ gradBias: UnsafeMutablePointer<Float>?,
+    _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+) -> grpo_status {
+    fusedBackwardC(hidden, weight, bias, n, hiddenSize, vocab, targets, cfg, logsumexp, entropy, gradLogProbs,
+                   gradEntropy, gradHidden, gradWeight, gradBias, err, errlen)
+}
+
+@c @implementation
+public func grpo_fused_log_probs_backward_bf16(
+    _ hidden: UnsafePointer<UInt16>?, _ weight: UnsafePointer<UInt16>?, _ bias: UnsafePointer<UInt16>?,
+    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ targets: UnsafePointer<Int64>?,
+    _ cfg: UnsafePointer<grpo_lm_head_config>?, _ logsumexp: UnsafePointer<Double>?,
+    _ entropy: UnsafePointer<Float>?, _ gradLogProbs: UnsafePointer<Float>?,
+    _ gradEntropy: UnsafePointer<Float>?, _ gradHidden: UnsafeMutablePointer<Float>?,
+    _ gradWeight: UnsafeMutablePointer<Float>?, _ gradBias: UnsafeMutablePointer<Float>?,
+    _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+) -> grpo_status {
+    fusedBackwardC(asBF16(hidden), asBF16(weight), asBF16(bias), n, hiddenSize, vocab, targets, cfg, logsumexp,
+                   entropy, gradLogProbs, gradEntropy, gradHidden, gradWeight, gradBias, err, errlen)
+}
+
 @c @implementation
 public func grpo_fused_log_probs_scratch_bytes(
-    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ cfg: UnsafePointer<grpo_lm_head_config>?,
+    _ n: Int, _ hiddenSize: Int, _ vocab: Int, _ cfg: UnsafePointer<grpo_lm_head_config>?, _ dtype: Int32,
     _ bytes: UnsafeMutablePointer<Int>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
 ) -> grpo_status {
     cCall(err, errlen) { () throws(GRPOError) in
         let config = try lmHeadConfig(cfg)
         guard let bytes else { throw GRPOError(.null, "bytes is NULL") }
-        bytes.pointee = try FusedLMHead.scratchBytes(rows: n, hidden: hiddenSize, vocab: vocab, config: config)
+        let dt = try logitDType(dtype, "dtype")
+        guard dt == .f32 || dt == .bf16 else {
+            throw GRPOError(.dtype, "the fused LM head takes float32 or bfloat16 inputs, got \(dt.name)")
+        }
+        bytes.pointee = try FusedLMHead.scratchBytes(rows: n, hidden: hiddenSize, vocab: vocab, config: config,
+                                                     bfloat16: dt == .bf16)
     }
 }
 

@@ -23,8 +23,9 @@
 //
 // Threading and determinism. Parallelism comes from Dispatch workers
 // (Parallel.forEachChunk), each running SINGLE-threaded sgemm calls on fixed sub-blocks:
-// `gemmRows` tile rows (forward, backward logits + grad_hidden; the same task then folds its
-// rows while they are in cache) or `gemmCols` vocabulary columns (grad_weight, grad_bias).
+// `gemmRows` (256) tile rows (forward, backward logits + grad_hidden; the same task then folds its
+// rows while they are in cache) or `gemmCols` (1024) vocabulary columns (grad_weight,
+// grad_bias; 256 made every task re-pack the same hidden block, ~2x the packing work).
 // The partition never depends on the thread count, every output element is always produced
 // by a GEMM of the same shape and accumulated in the same order (vocabulary slices, then
 // row blocks, in sequence), so results are bitwise identical for any thread count (tested
@@ -77,15 +78,19 @@ public enum FusedLMHead {
     /// same shape, whatever the thread count.
     public static let gemmRows = 256
     /// Vocabulary columns per parallel task of the grad_weight GEMM and bias column sums.
-    public static let gemmCols = 256
+    public static let gemmCols = 1024
 
     struct Plan {
         let rows: Int, hidden: Int, vocab: Int
         let tileRows: Int, tileCols: Int
         let invT: Float, scale: Float, cap: Float?  // cap nil: no softcap
+        /// Inputs are not Float (bfloat16): each row block of hidden and each vocabulary slice
+        /// of weight and bias is widened into Float scratch before its GEMMs.
+        let widen: Bool
     }
 
-    static func plan(rows: Int, hidden: Int, vocab: Int, config: LMHeadConfig) throws(GRPOError) -> Plan {
+    static func plan(rows: Int, hidden: Int, vocab: Int, config: LMHeadConfig,
+                     widen: Bool = false) throws(GRPOError) -> Plan {
         guard rows >= 0 else { throw GRPOError(.shape, "rows must be >= 0, got \(rows)") }
         guard hidden >= 1, hidden <= Int(Int32.max) else {
             throw GRPOError(.shape, "hidden size must be in [1, 2^31), got \(hidden)")
@@ -112,23 +117,83 @@ public enum FusedLMHead {
         }
         let tr = Swift.max(1, Swift.min(rows, config.tileRows == 0 ? defaultTileRows : config.tileRows))
         let tc = Swift.min(vocab, config.tileCols == 0 ? defaultTileCols : config.tileCols)
-        return Plan(rows: rows, hidden: hidden, vocab: vocab, tileRows: tr, tileCols: tc,
-                    invT: Float(1 / t), scale: Float(config.logitScale),
-                    cap: config.finalLogitSoftcapping.map { Float($0) })
+        let plan = Plan(rows: rows, hidden: hidden, vocab: vocab, tileRows: tr, tileCols: tc,
+                        invT: Float(1 / t), scale: Float(config.logitScale),
+                        cap: config.finalLogitSoftcapping.map { Float($0) }, widen: widen)
+        _ = try scratchFloatsChecked(plan)
+        return plan
     }
 
     /// Bytes of scratch memory one forward or backward call allocates for these sizes
     /// (independent of N and V beyond min(N, tileRows) and min(V, tileCols)).
-    public static func scratchBytes(rows: Int, hidden: Int, vocab: Int, config: LMHeadConfig)
-        throws(GRPOError) -> Int
+    /// `bfloat16`: the inputs are bfloat16 (adds the Float copies of one hidden row block,
+    /// one weight slice and one bias slice: (tileRows + tileCols) x hidden + tileCols floats).
+    public static func scratchBytes(rows: Int, hidden: Int, vocab: Int, config: LMHeadConfig,
+                                    bfloat16: Bool = false) throws(GRPOError) -> Int
     {
-        let p = try plan(rows: rows, hidden: hidden, vocab: vocab, config: config)
-        return scratchFloats(p) * MemoryLayout<Float>.stride
+        let p = try plan(rows: rows, hidden: hidden, vocab: vocab, config: config, widen: bfloat16)
+        return try checkedProduct(scratchFloatsChecked(p), MemoryLayout<Float>.stride, what: "scratch bytes")
     }
 
-    static func scratchFloats(_ p: Plan) -> Int {
-        // tile + 4 per-row statistics (small, no overflow: both dims <= 2^16).
-        p.tileRows * p.tileCols + 4 * p.tileRows
+    /// Floats of scratch: the tile, 4 per-row statistics, and the widened inputs when needed.
+    static func scratchFloatsChecked(_ p: Plan) throws(GRPOError) -> Int {
+        let base = p.tileRows * p.tileCols + 4 * p.tileRows  // both dims <= 2^16: no overflow
+        guard p.widen else { return base }
+        let widened = try checkedProduct(p.tileRows + p.tileCols, p.hidden, what: "widened inputs")
+        let (a, o1) = base.addingReportingOverflow(widened)
+        let (b, o2) = a.addingReportingOverflow(p.tileCols)
+        if o1 || o2 { throw GRPOError(.overflow, "scratch size overflows") }
+        return b
+    }
+
+    /// Float views of the inputs' current row block / vocabulary slice: the inputs themselves
+    /// when they are Float, else widened copies in scratch.
+    struct Widener<E: LogitElement> {
+        let hidden: UnsafePointer<E>, weight: UnsafePointer<E>, bias: UnsafePointer<E>?
+        let hBuf: UnsafeMutablePointer<Float>, wBuf: UnsafeMutablePointer<Float>, bBuf: UnsafeMutablePointer<Float>
+        let H: Int
+
+        static var isFloat: Bool { E.self == Float.self }
+
+        /// hidden rows [r0, r0 + n) as Float.
+        func hiddenBlock(_ r0: Int, _ n: Int) -> UnsafePointer<Float> {
+            if Self.isFloat {
+                return UnsafeRawPointer(hidden + r0 * H).assumingMemoryBound(to: Float.self)
+            }
+            FusedLMHead.widen(hidden + r0 * H, n * H, into: hBuf)
+            return UnsafePointer(hBuf)
+        }
+
+        /// weight rows [c0, c0 + n) as Float.
+        func weightSlice(_ c0: Int, _ n: Int) -> UnsafePointer<Float> {
+            if Self.isFloat {
+                return UnsafeRawPointer(weight + c0 * H).assumingMemoryBound(to: Float.self)
+            }
+            FusedLMHead.widen(weight + c0 * H, n * H, into: wBuf)
+            return UnsafePointer(wBuf)
+        }
+
+        /// bias [c0, c0 + n) as Float, or nil.
+        func biasSlice(_ c0: Int, _ n: Int) -> UnsafePointer<Float>? {
+            guard let bias else { return nil }
+            if Self.isFloat { return UnsafeRawPointer(bias + c0).assumingMemoryBound(to: Float.self) }
+            FusedLMHead.widen(bias + c0, n, into: bBuf)
+            return UnsafePointer(bBuf)
+        }
+    }
+
+    /// Converts `count` elements to Float (parallel over fixed chunks; exact for bf16).
+    static func widen<E: LogitElement>(_ src: UnsafePointer<E>, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
+        let d = UncheckedSendable(dst)
+        Parallel.forEachChunk(count: count, chunkSize: 1 << 16) { _, range in
+            let dst = d.value
+            var j = range.lowerBound
+            while j + 8 <= range.upperBound {
+                Float.store8(E.load8(src + j), dst + j)
+                j += 8
+            }
+            while j < range.upperBound { dst[j] = src[j].floatValue; j += 1 }
+        }
     }
 
     /// Page-aligned Float scratch mapped straight from the OS (mmap) and unmapped by
@@ -193,18 +258,20 @@ public enum FusedLMHead {
     /// logits = hidden W^T + bias, for hidden (rows x hiddenSize), weight (vocab x hiddenSize),
     /// bias (vocab) or nil. Outputs are (rows) Float. For no-grad inference (old/ref
     /// policies) pass logSumExp = nil: nothing is kept for a backward.
-    public static func forward(
-        hidden: UnsafeBufferPointer<Float>, weight: UnsafeBufferPointer<Float>, bias: UnsafeBufferPointer<Float>?,
+    /// hidden, weight and bias are Float or BFloat16 (widened per tile; arithmetic in Float).
+    public static func forward<E: LogitElement>(
+        hidden: UnsafeBufferPointer<E>, weight: UnsafeBufferPointer<E>, bias: UnsafeBufferPointer<E>?,
         rows: Int, hiddenSize: Int, vocab: Int, targets: UnsafeBufferPointer<Int64>, config: LMHeadConfig,
         logProbs: UnsafeMutableBufferPointer<Float>, entropy: UnsafeMutableBufferPointer<Float>?,
         logSumExp: UnsafeMutableBufferPointer<Double>?
     ) throws(GRPOError) {
-        let p = try plan(rows: rows, hidden: hiddenSize, vocab: vocab, config: config)
+        let p = try plan(rows: rows, hidden: hiddenSize, vocab: vocab, config: config,
+                         widen: !Widener<E>.isFloat)
         try validateCommon(p, hidden: hidden.count, weight: weight.count, bias: bias?.count, targets: targets)
         try LogProbs.checkOutputs(rows, logProbs.count, entropy?.count, logSumExp?.count)
         guard rows > 0, let hp = hidden.baseAddress, let wp = weight.baseAddress else { return }
         let bp = bias?.baseAddress
-        let scratchBuffer = try allocateScratch(scratchFloats(p))
+        let scratchBuffer = try allocateScratch(scratchFloatsChecked(p))
         defer { releaseScratch(scratchBuffer) }
         guard let scratch = scratchBuffer.baseAddress else {
             throw GRPOError(.internal, "empty scratch mapping")
@@ -212,27 +279,32 @@ public enum FusedLMHead {
         let tile = scratch
         let mS = scratch + p.tileRows * p.tileCols
         let sS = mS + p.tileRows, tS = sS + p.tileRows, zyS = tS + p.tileRows
+        let hBuf = zyS + p.tileRows, wBuf = hBuf + (p.widen ? p.tileRows * p.hidden : 0)
+        let bBuf = wBuf + (p.widen ? p.tileCols * p.hidden : 0)
+        let inputs = Widener(hidden: hp, weight: wp, bias: bp, hBuf: hBuf, wBuf: wBuf, bBuf: bBuf, H: p.hidden)
         useSingleThreadedBLAS()
         let H = p.hidden
         var r0 = 0
         while r0 < rows {
             let nr = Swift.min(p.tileRows, rows - r0)
             for r in 0..<nr { mS[r] = -.infinity; sS[r] = 0; tS[r] = 0; zyS[r] = 0 }
+            let hBlock = inputs.hiddenBlock(r0, nr)
             var c0 = 0
             while c0 < vocab {
                 let nc = Swift.min(p.tileCols, vocab - c0)
+                let wSlice = inputs.weightSlice(c0, nc), bSlice = inputs.biasSlice(c0, nc)
                 let state = UncheckedSendable((tile, mS, sS, tS, zyS))
                 // Each task: the logits of its gemmRows rows, then their fold.
                 Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
                     let (tile, mS, sS, tS, zyS) = state.value
                     let sub = tile + range.lowerBound * nc
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(range.count), Int32(nc), Int32(H),
-                                1, hp + (r0 + range.lowerBound) * H, Int32(H), wp + c0 * H, Int32(H),
+                                1, hBlock + range.lowerBound * H, Int32(H), wSlice, Int32(H),
                                 0, sub, Int32(nc))
                     for r in range {
                         let y = Int(targets[r0 + r])
                         guard y >= 0 else { continue }
-                        foldForward(tile + r * nc, nc, bp.map { $0 + c0 }, p,
+                        foldForward(tile + r * nc, nc, bSlice, p,
                                     target: y - c0, m: &mS[r], s: &sS[r], t: &tS[r], zy: &zyS[r])
                     }
                 }
@@ -318,15 +390,16 @@ public enum FusedLMHead {
     /// (rows x hiddenSize), weight (vocab x hiddenSize) and bias (vocab), each optional and
     /// OVERWRITTEN (fp32). `logSumExp` (and `entropy` when gradEntropy is given) come from
     /// `forward`. Missing gradLogProbs / gradEntropy count as zero.
-    public static func backward(
-        hidden: UnsafeBufferPointer<Float>, weight: UnsafeBufferPointer<Float>, bias: UnsafeBufferPointer<Float>?,
+    public static func backward<E: LogitElement>(
+        hidden: UnsafeBufferPointer<E>, weight: UnsafeBufferPointer<E>, bias: UnsafeBufferPointer<E>?,
         rows: Int, hiddenSize: Int, vocab: Int, targets: UnsafeBufferPointer<Int64>, config: LMHeadConfig,
         logSumExp: UnsafeBufferPointer<Double>, entropy: UnsafeBufferPointer<Float>?,
         gradLogProbs: UnsafeBufferPointer<Float>?, gradEntropy: UnsafeBufferPointer<Float>?,
         gradHidden: UnsafeMutableBufferPointer<Float>?, gradWeight: UnsafeMutableBufferPointer<Float>?,
         gradBias: UnsafeMutableBufferPointer<Float>?
     ) throws(GRPOError) {
-        let p = try plan(rows: rows, hidden: hiddenSize, vocab: vocab, config: config)
+        let p = try plan(rows: rows, hidden: hiddenSize, vocab: vocab, config: config,
+                         widen: !Widener<E>.isFloat)
         try validateCommon(p, hidden: hidden.count, weight: weight.count, bias: bias?.count, targets: targets)
         for (name, c) in [("logsumexp", logSumExp.count), ("entropy", entropy?.count),
                           ("grad_log_probs", gradLogProbs?.count), ("grad_entropy", gradEntropy?.count)] {
@@ -350,20 +423,26 @@ public enum FusedLMHead {
         guard gradHidden != nil || gradWeight != nil || gradBias != nil else { return }
         let bp = bias?.baseAddress
         let ghp = gradHidden?.baseAddress, gwp = gradWeight?.baseAddress, gbp = gradBias?.baseAddress
-        let scratchBuffer = try allocateScratch(scratchFloats(p))
+        let scratchBuffer = try allocateScratch(scratchFloatsChecked(p))
         defer { releaseScratch(scratchBuffer) }
         guard let scratch = scratchBuffer.baseAddress else {
             throw GRPOError(.internal, "empty scratch mapping")
         }
         let tile = scratch
+        let hBuf = scratch + p.tileRows * p.tileCols + 4 * p.tileRows
+        let wBuf = hBuf + (p.widen ? p.tileRows * p.hidden : 0)
+        let bBuf = wBuf + (p.widen ? p.tileCols * p.hidden : 0)
+        let inputs = Widener(hidden: hp, weight: wp, bias: bp, hBuf: hBuf, wBuf: wBuf, bBuf: bBuf, H: p.hidden)
         useSingleThreadedBLAS()
         let H = p.hidden
         var c0 = 0
         while c0 < vocab {
             let nc = Swift.min(p.tileCols, vocab - c0)
+            let wSlice = inputs.weightSlice(c0, nc), bSlice = inputs.biasSlice(c0, nc)
             var r0 = 0
             while r0 < rows {
                 let nr = Swift.min(p.tileRows, rows - r0)
+                let hBlock = inputs.hiddenBlock(r0, nr)
                 let tileS = UncheckedSendable(tile)
                 // Tasks over gemmRows rows: recompute the logits, overwrite them with dL/dx,
                 // then grad_hidden[those rows] += G W[slice].
@@ -371,7 +450,7 @@ public enum FusedLMHead {
                     let tile = tileS.value
                     let sub = tile + range.lowerBound * nc
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(range.count), Int32(nc), Int32(H),
-                                1, hp + (r0 + range.lowerBound) * H, Int32(H), wp + c0 * H, Int32(H),
+                                1, hBlock + range.lowerBound * H, Int32(H), wSlice, Int32(H),
                                 0, sub, Int32(nc))
                     for r in range {
                         let i = r0 + r
@@ -382,12 +461,12 @@ public enum FusedLMHead {
                             row.initialize(repeating: 0, count: nc)
                             continue
                         }
-                        foldBackward(row, nc, bp.map { $0 + c0 }, p, target: y - c0,
+                        foldBackward(row, nc, bSlice, p, target: y - c0,
                                      lse: logSumExp[i], h: entropy?[i] ?? 0, gl: gl, gh: gh)
                     }
                     if let ghp {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(range.count), Int32(H), Int32(nc),
-                                    1, sub, Int32(nc), wp + c0 * H, Int32(H),
+                                    1, sub, Int32(nc), wSlice, Int32(H),
                                     1, ghp + (r0 + range.lowerBound) * H, Int32(H))
                     }
                 }
@@ -398,7 +477,7 @@ public enum FusedLMHead {
                         let tile = tileS.value
                         if let gwp {
                             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols.count), Int32(H), Int32(nr),
-                                        1, tile + cols.lowerBound, Int32(nc), hp + r0 * H, Int32(H),
+                                        1, tile + cols.lowerBound, Int32(nc), hBlock, Int32(H),
                                         1, gwp + (c0 + cols.lowerBound) * H, Int32(H))
                         }
                         if let gbp {

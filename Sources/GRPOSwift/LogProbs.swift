@@ -504,5 +504,4 @@ extension LogProbs {
         return g
     }
 }
-
-// withOptionalBuffer(_:_:) is shared with the loss kernel (PolicyLoss.swift).
+// (withOptionalBuffer is defined in PolicyLoss.swift.)

@@ -13,7 +13,19 @@ typealias F8 = SIMD8<Float>
 enum FastPolicyLoss {
     /// Per-row partials written by `row`.
     struct RowSums {
-        var policy = 0.0, kl = 0.0, entropy = 0.0, low = 0.0, high = 0.0, region = 0.0, cispo = 0.0
+        var policy = 0.0, kl = 0.0, entropy = 0.0, entropyEff = 0.0, low = 0.0, high = 0.0, region = 0.0
+        var cispo = 0.0
+    }
+
+    /// The high-entropy token mask: keep a valid token when its entropy >= thr.
+    struct EntropyGate {
+        var on = false, all0 = false, thr: Float = 0
+        @inline(__always) func keep(_ e: Float) -> Bool { !on || (!all0 && e >= thr) }
+        @inline(__always) func keep8(_ e: F8) -> SIMDMask<SIMD8<Int32>> {
+            if !on { return F8() .== F8() }
+            if all0 { return F8() .!= F8() }
+            return e .>= F8(repeating: thr)
+        }
     }
 
     struct Params {
@@ -139,11 +151,12 @@ enum FastPolicyLoss {
     static func row(
         lp: UnsafePointer<Float>, old: UnsafePointer<Float>, ref: UnsafePointer<Float>,
         ent: UnsafePointer<Float>?, mask: UnsafePointer<UInt8>, T: Int, a: Float, f: Float, w: Double,
-        p: Params, grad: UnsafeMutablePointer<Float>?, gradH: UnsafeMutablePointer<Float>?,
+        p: Params, gate: EntropyGate, grad: UnsafeMutablePointer<Float>?, gradH: UnsafeMutablePointer<Float>?,
         gradHValue: Float
     ) -> RowSums {
         var sums = RowSums()
-        var polAcc = SIMD8<Double>(), klAcc = SIMD8<Double>(), entAcc = SIMD8<Double>()
+        var polAcc = SIMD8<Double>(), klAcc = SIMD8<Double>(), entAcc = SIMD8<Double>(), effAcc = SIMD8<Double>()
+        let gradHV = F8(repeating: gradHValue)
         var lowAcc = F8(), highAcc = F8(), regAcc = F8(), cisAcc = F8()
         let aV = F8(repeating: a), fV = F8(repeating: f), epsHV = F8(repeating: p.epsH)
         let tauV = F8(repeating: a > 0 ? p.tauPos : p.tauNeg)
@@ -192,8 +205,12 @@ enum FastPolicyLoss {
                     l = -v1.replacing(with: v2, where: v2 .< v1)
                     gTok = -g * r
                 }
-                l = fV * l
-                gTok = fV * gTok
+                // Per-token multiplier: the row's f, times the high-entropy mask.
+                let e8 = ent.map { UnsafeRawPointer($0 + t).loadUnaligned(as: F8.self) } ?? zero
+                let keep = gate.keep8(e8)
+                let fTok = gate.on ? zero.replacing(with: fV, where: keep) : fV
+                l = fTok * l
+                gTok = fTok * gTok
                 var klv = zero
                 if p.useKL {
                     let rf = UnsafeRawPointer(ref + t).loadUnaligned(as: F8.self)
@@ -216,9 +233,12 @@ enum FastPolicyLoss {
                     if p.kind == 0 && aNeg { let isLow = c1 .< lo; lowAcc += zero.replacing(with: one, where: isLow); regAcc += zero.replacing(with: one, where: isLow) }
                     if p.kind == 0 && aPos { let isHigh = c1 .> hi; highAcc += zero.replacing(with: one, where: isHigh); regAcc += zero.replacing(with: one, where: isHigh) }
                     if let gp = grad { UnsafeMutableRawPointer(gp + t).storeBytes(of: gTok, as: F8.self) }
-                    if let e = ent { entAcc += SIMD8<Double>(UnsafeRawPointer(e + t).loadUnaligned(as: F8.self)) }
+                    if ent != nil {
+                        entAcc += SIMD8<Double>(e8)
+                        effAcc += SIMD8<Double>(zero.replacing(with: e8, where: keep))
+                    }
                     if let gh = gradH {
-                        UnsafeMutableRawPointer(gh + t).storeBytes(of: F8(repeating: gradHValue), as: F8.self)
+                        UnsafeMutableRawPointer(gh + t).storeBytes(of: zero.replacing(with: gradHV, where: keep), as: F8.self)
                     }
                     handled = true
                 }
@@ -236,15 +256,21 @@ enum FastPolicyLoss {
                 gradH?[k] = 0
                 return
             }
-            let g = scalarToken(lp: lp[k], old: old[k], ref: ref[k], a: a, f: f, w: w, p: p, sums: &sums)
+            let e = ent?[k] ?? 0
+            let keep = gate.keep(e)
+            let g = scalarToken(lp: lp[k], old: old[k], ref: ref[k], a: a, f: keep ? f : 0, w: w, p: p, sums: &sums)
             grad?[k] = g
-            if let e = ent { sums.entropy += Double(e[k]) }
-            gradH?[k] = gradHValue
+            if ent != nil {
+                sums.entropy += Double(e)
+                if keep { sums.entropyEff += Double(e) }
+            }
+            gradH?[k] = keep ? gradHValue : 0
         }
 
         sums.policy += polAcc.sum()
         sums.kl += klAcc.sum()
         sums.entropy += entAcc.sum()
+        sums.entropyEff += effAcc.sum()
         sums.low += Double(lowAcc.sum())
         sums.high += Double(highAcc.sum())
         sums.region += Double(regAcc.sum())
@@ -254,7 +280,7 @@ enum FastPolicyLoss {
 
     /// Sums of a row whose policy factors are constant (see rowConstant).
     struct ConstantRowSums {
-        var policy = 0.0, kl = 0.0, klRaw = 0.0, entropy = 0.0
+        var policy = 0.0, kl = 0.0, klRaw = 0.0, entropy = 0.0, entropyEff = 0.0
     }
 
     /// A row whose per-token policy loss is `lC + lpCoef * lp` with a constant direct gradient
@@ -266,11 +292,13 @@ enum FastPolicyLoss {
     static func rowConstant(
         lp: UnsafePointer<Float>, ref: UnsafePointer<Float>, ent: UnsafePointer<Float>?,
         mask: UnsafePointer<UInt8>, T: Int, w: Double, lC: Float, lpCoef: Float, gDirect: Float,
-        beta: Float, useKL: Bool, bias: Bool, r: Float,
+        beta: Float, useKL: Bool, bias: Bool, r: Float, gate: EntropyGate,
         grad: UnsafeMutablePointer<Float>?, gradH: UnsafeMutablePointer<Float>?, gradHValue: Float
     ) -> ConstantRowSums {
         var sums = ConstantRowSums()
         var polAcc = SIMD8<Double>(), klAcc = SIMD8<Double>(), rawAcc = SIMD8<Double>(), entAcc = SIMD8<Double>()
+        var effAcc = SIMD8<Double>()
+        let gradHV = F8(repeating: gradHValue), zero = F8(), one = F8(repeating: 1)
         let wF = Float(w)
         let lCV = F8(repeating: lC), coefV = F8(repeating: lpCoef), gV = F8(repeating: gDirect)
         let betaV = F8(repeating: beta), rV = F8(repeating: r)
@@ -282,8 +310,11 @@ enum FastPolicyLoss {
                 return
             }
             let x = lp[k]
-            sums.policy += Double(lC + lpCoef * x)
-            var g = Double(gDirect)
+            let e = ent?[k] ?? 0
+            let keep = gate.keep(e)
+            let em: Float = keep ? 1 : 0
+            sums.policy += Double(em * (lC + lpCoef * x))
+            var g = Double(em * gDirect)
             if useKL {
                 let (em1, kl0) = FastMath.expm1AndKL(ref[k] - x)
                 sums.klRaw += Double(kl0)
@@ -291,8 +322,11 @@ enum FastPolicyLoss {
                 g += Double(beta) * Double(bias ? -em1 * r : -em1)
             }
             grad?[k] = Float(w * g)
-            if let e = ent { sums.entropy += Double(e[k]) }
-            gradH?[k] = gradHValue
+            if ent != nil {
+                sums.entropy += Double(e)
+                if keep { sums.entropyEff += Double(e) }
+            }
+            gradH?[k] = keep ? gradHValue : 0
         }
 
         var t = 0
@@ -307,8 +341,11 @@ enum FastPolicyLoss {
             var handled = false
             if m8 == 0x0101_0101_0101_0101 {
                 let x = UnsafeRawPointer(lp + t).loadUnaligned(as: F8.self)
-                let l = lCV + coefV * x
-                var g = gV
+                let e8 = ent.map { UnsafeRawPointer($0 + t).loadUnaligned(as: F8.self) } ?? zero
+                let keep = gate.keep8(e8)
+                let em = gate.on ? zero.replacing(with: one, where: keep) : one
+                let l = em * (lCV + coefV * x)
+                var g = em * gV
                 var klv = F8(), raw = F8()
                 if useKL {
                     let d = UnsafeRawPointer(ref + t).loadUnaligned(as: F8.self) - x
@@ -325,9 +362,12 @@ enum FastPolicyLoss {
                     klAcc += SIMD8<Double>(klv)
                     rawAcc += SIMD8<Double>(raw)
                     if let gp = grad { UnsafeMutableRawPointer(gp + t).storeBytes(of: g, as: F8.self) }
-                    if let e = ent { entAcc += SIMD8<Double>(UnsafeRawPointer(e + t).loadUnaligned(as: F8.self)) }
+                    if ent != nil {
+                        entAcc += SIMD8<Double>(e8)
+                        effAcc += SIMD8<Double>(zero.replacing(with: e8, where: keep))
+                    }
                     if let gh = gradH {
-                        UnsafeMutableRawPointer(gh + t).storeBytes(of: F8(repeating: gradHValue), as: F8.self)
+                        UnsafeMutableRawPointer(gh + t).storeBytes(of: zero.replacing(with: gradHV, where: keep), as: F8.self)
                     }
                     handled = true
                 }
@@ -342,6 +382,7 @@ enum FastPolicyLoss {
         sums.kl += klAcc.sum()
         sums.klRaw += rawAcc.sum()
         sums.entropy += entAcc.sum()
+        sums.entropyEff += effAcc.sum()
         return sums
     }
 }

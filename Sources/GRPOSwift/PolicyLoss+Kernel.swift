@@ -254,7 +254,7 @@ public enum PolicyLoss {
         let isF32 = S.self == Float.self
         let fastKind = lossType.isClipped ? 0 : lossType == .cispo ? 1 : lossType == .sapo ? 2 : -1
         let fast = isF32 && T > 0 && !sequence && fastKind >= 0 && !advPerToken
-            && !isPerToken && !offPolicy && !useEntropyMask
+            && !isPerToken
         let fastParams = FastPolicyLoss.Params(
             lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
             delta: Float(cfg.delta ?? 0), useDelta: useDelta, beta: Float(cfg.beta), bias: bias,
@@ -266,6 +266,8 @@ public enum PolicyLoss {
         @inline(__always) func mutableFloats(_ b: UnsafeMutableBufferPointer<R>?) -> UnsafeMutablePointer<Float>? {
             b?.baseAddress.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self) }
         }
+        let gate = FastPolicyLoss.EntropyGate(
+            on: useEntropyMask, all0: entropyMaskAll0, thr: isF32 ? Float(entropyThreshold) : 0)
         let fLp = floats(inp.logps), fOld = floats(inp.oldLogps), fRef = floats(inp.refLogps)
         let fEnt = floats(inp.entropies)
         let fGrad = mutableFloats(grad), fGradH = mutableFloats(gradEntropies)
@@ -281,25 +283,6 @@ public enum PolicyLoss {
                     let invL = 1 / Double(Swift.max(L, 1))
                     let w = rowWeight(L)
                     let aRow: R = advPerToken ? 0 : inp.advantages.value(i, as: R.self)
-                    if fast, let fLp, let fMask {
-                        let lpRow = fLp + base
-                        let sums = FastPolicyLoss.row(
-                            lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
-                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow),
-                            f: Float(inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1), w: w,
-                            p: fastParams, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
-                            gradHValue: Float(entropyGrad))
-                        let o = i * RowStat.count
-                        st[o + RowStat.policy] = sums.policy
-                        st[o + RowStat.kl] = sums.kl
-                        st[o + RowStat.entropy] = sums.entropy
-                        st[o + RowStat.entropyEff] = sums.entropy
-                        st[o + RowStat.low] = sums.low
-                        st[o + RowStat.high] = sums.high
-                        st[o + RowStat.region] = sums.region
-                        st[o + RowStat.cispo] = sums.cispo
-                        continue
-                    }
 
                     // Row statistics.
                     var slr = 0.0, sv = 0.0, skl = 0.0
@@ -341,6 +324,28 @@ public enum PolicyLoss {
                     }
                     let isrRow: R = (!isPerToken && lossType != .vespo)
                         ? (inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1) : 1
+                    // float32 SIMD path for token-level rows (PolicyLoss+Fast.swift).
+                    let keepRow = !offPolicy || advPerToken || aRow >= 0 || lowKL
+                    if fast, let fLp, let fMask {
+                        let lpRow = fLp + base
+                        let sums = FastPolicyLoss.row(
+                            lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
+                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow),
+                            f: Float(keepRow ? isrRow : 0), w: w,
+                            p: fastParams, gate: gate, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
+                            gradHValue: Float(entropyGrad))
+                        let o = i * RowStat.count
+                        st[o + RowStat.policy] = sums.policy
+                        st[o + RowStat.kl] = sums.kl
+                        st[o + RowStat.entropy] = sums.entropy
+                        st[o + RowStat.entropyEff] = sums.entropyEff
+                        st[o + RowStat.low] = sums.low
+                        st[o + RowStat.high] = sums.high
+                        st[o + RowStat.region] = sums.region
+                        st[o + RowStat.cispo] = sums.cispo
+                        st[o + RowStat.dropped] = !keepRow && L > 0 ? 1 : 0
+                        continue
+                    }
 
                     // With one advantage per row, the policy factors of a sequence-level ratio
                     // (or vespo's row weight) are the same for every token of the row.
@@ -354,7 +359,7 @@ public enum PolicyLoss {
                     var sRow = 0.0  // d loss / d r_i (sequence level)
 
                     // float32 SIMD path for such rows (PolicyLoss+Fast.swift).
-                    if isF32, let pc = rowPolicy, let fLp, let fMask, !useEntropyMask,
+                    if isF32, let pc = rowPolicy, let fLp, let fMask,
                        !isPerToken || lossType == .vespo, !useKL || !bias || sequence {
                         var f = isrRow
                         if offPolicy && !(aRow >= 0 || lowKL) { f = 0; dropped = L > 0 ? 1 : 0 }
@@ -364,15 +369,15 @@ public enum PolicyLoss {
                             mask: fMask + base, T: T, w: w,
                             lC: Float(linearInLp ? 0 : f * pc.l), lpCoef: Float(linearInLp ? f * pc.l : 0),
                             gDirect: Float(f * pc.dldlp), beta: Float(betaD), useKL: useKL, bias: bias,
-                            r: Float(rSeq), grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
+                            r: Float(rSeq), gate: gate, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
                             gradHValue: Float(entropyGrad))
                         let n = Double(L)
-                        pol = sums.policy; klSum = sums.kl; entSum = sums.entropy; entEff = sums.entropy
+                        pol = sums.policy; klSum = sums.kl; entSum = sums.entropy; entEff = sums.entropyEff
                         nLow = pc.low ? n : 0; nHigh = pc.high ? n : 0; nRegion = (pc.low || pc.high) ? n : 0
                         nCispo = pc.cispoClipped ? n : 0
                         phiSum = lossType == .vespo ? n * Double(pc.phi) : 0
                         if sequence {
-                            sRow = n * Double(f * pc.dldr) + (bias && useKL ? betaD * sums.klRaw : 0)
+                            sRow = Double(effLen[i]) * Double(f * pc.dldr) + (bias && useKL ? betaD * sums.klRaw : 0)
                         }
                     } else {
 

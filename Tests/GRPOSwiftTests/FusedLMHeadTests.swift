@@ -199,8 +199,10 @@ struct FusedCase {
     }
 
     @Test func threadCountDoesNotChangeBits() throws {
-        let c = FusedCase(rows: 150, hiddenSize: 64, vocab: 1500, bias: true, seed: 36)
-        let config = LMHeadConfig(temperature: 0.8, finalLogitSoftcapping: 10, tileRows: 64, tileCols: 512)
+        // Several sub-GEMM tasks per tile: 600 rows > gemmRows, 2100 tile columns > gemmCols.
+        #expect(600 > 2 * FusedLMHead.gemmRows && 2100 > 2 * FusedLMHead.gemmCols)
+        let c = FusedCase(rows: 600, hiddenSize: 32, vocab: 2500, bias: true, seed: 36)
+        let config = LMHeadConfig(temperature: 0.8, finalLogitSoftcapping: 10, tileRows: 0, tileCols: 2100)
         let gl = [Float](repeating: 0.5, count: c.rows), gh = [Float](repeating: -0.25, count: c.rows)
         try Parallel.setNumThreads(1)
         let f1 = try c.forward(config)
@@ -215,6 +217,68 @@ struct FusedCase {
         #expect(f1.logProbs == f2.logProbs && f1.entropy == f2.entropy && f1.logProbs == f3.logProbs)
         #expect(g1.hidden == g2.hidden && g1.weight == g2.weight && g1.bias! == g2.bias!)
         #expect(g1.hidden == g3.hidden && g1.weight == g3.weight && g1.bias! == g3.bias!)
+    }
+
+    @Test func bfloat16InputsEqualFloatInputsOfTheSameValues() throws {
+        // Widening bf16 is exact, so the bf16 path must give the Float path's bits on the
+        // widened values (several row blocks and vocabulary slices).
+        let c0 = FusedCase(rows: 300, hiddenSize: 24, vocab: 700, bias: true, seed: 38)
+        let hb = c0.hidden.map { BFloat16($0) }, wb = c0.weight.map { BFloat16($0) }, bb = c0.bias!.map { BFloat16($0) }
+        var c = c0
+        c.hidden = hb.map { $0.floatValue }; c.weight = wb.map { $0.floatValue }; c.bias = bb.map { $0.floatValue }
+        let config = LMHeadConfig(temperature: 0.7, finalLogitSoftcapping: 8, tileRows: 128, tileCols: 300)
+        let f = try c.forward(config)
+        let gl = [Float](repeating: 1, count: c.rows), gh = [Float](repeating: 0.3, count: c.rows)
+        let g = try c.backward(config, f, gl: gl, gh: gh)
+        let n = c.rows, h = c.hiddenSize, v = c.vocab
+        var lp = [Float](repeating: 0, count: n), ent = lp
+        var lse = [Double](repeating: 0, count: n)
+        var gH = [Float](repeating: .nan, count: n * h), gW = [Float](repeating: .nan, count: v * h)
+        var gB = [Float](repeating: .nan, count: v)
+        let r: Result<Void, GRPOError> = hb.withUnsafeBufferPointer { hp in
+            wb.withUnsafeBufferPointer { wp in
+                bb.withUnsafeBufferPointer { bp in
+                    c.targets.withUnsafeBufferPointer { tp in
+                        gl.withUnsafeBufferPointer { glp in
+                            gh.withUnsafeBufferPointer { ghp in
+                                Result { () throws(GRPOError) in
+                                    try lp.withUnsafeMutableBufferPointer { lpp throws(GRPOError) in
+                                        try ent.withUnsafeMutableBufferPointer { ep throws(GRPOError) in
+                                            try lse.withUnsafeMutableBufferPointer { lsep throws(GRPOError) in
+                                                try FusedLMHead.forward(
+                                                    hidden: hp, weight: wp, bias: bp, rows: n, hiddenSize: h, vocab: v,
+                                                    targets: tp, config: config, logProbs: lpp, entropy: ep,
+                                                    logSumExp: lsep)
+                                                try gH.withUnsafeMutableBufferPointer { a throws(GRPOError) in
+                                                    try gW.withUnsafeMutableBufferPointer { b throws(GRPOError) in
+                                                        try gB.withUnsafeMutableBufferPointer { cc throws(GRPOError) in
+                                                            try FusedLMHead.backward(
+                                                                hidden: hp, weight: wp, bias: bp, rows: n,
+                                                                hiddenSize: h, vocab: v, targets: tp, config: config,
+                                                                logSumExp: UnsafeBufferPointer(lsep),
+                                                                entropy: UnsafeBufferPointer(ep),
+                                                                gradLogProbs: glp, gradEntropy: ghp,
+                                                                gradHidden: a, gradWeight: b, gradBias: cc)
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        try r.get()
+        #expect(lp == f.logProbs && ent == f.entropy && lse == f.logSumExp)
+        #expect(gH == g.hidden && gW == g.weight && gB == g.bias!)
+        // The scratch for bf16 adds the widened row block and vocabulary slice.
+        let sf = try FusedLMHead.scratchBytes(rows: n, hidden: h, vocab: v, config: config)
+        let sb = try FusedLMHead.scratchBytes(rows: n, hidden: h, vocab: v, config: config, bfloat16: true)
+        #expect(sb - sf == ((128 + 300) * h + 300) * 4)
     }
 
     @Test func scratchIsBoundedIndependentlyOfNAndV() throws {

@@ -71,8 +71,13 @@ func errorText(_ err: [CChar]) -> String {
         #expect(grpo_fused_log_probs_f32(x, x, nil, 1, 2, 2, [0], nil, &lp, nil, nil, &err, 256) == GRPO_ERR_NULL)
         cfg.final_logit_softcapping = 0
         var bytes = 0
-        #expect(grpo_fused_log_probs_scratch_bytes(1 << 40, 4096, 1 << 20, &cfg, &bytes, &err, 256) == GRPO_OK)
-        #expect(bytes == (FusedLMHead.defaultTileRows * FusedLMHead.defaultTileCols + 4 * FusedLMHead.defaultTileRows) * 4)
+        #expect(grpo_fused_log_probs_scratch_bytes(1 << 40, 4096, 1 << 20, &cfg, 0, &bytes, &err, 256) == GRPO_OK)
+        let base = FusedLMHead.defaultTileRows * FusedLMHead.defaultTileCols + 4 * FusedLMHead.defaultTileRows
+        #expect(bytes == base * 4)
+        #expect(grpo_fused_log_probs_scratch_bytes(1 << 40, 4096, 1 << 20, &cfg, 2, &bytes, &err, 256) == GRPO_OK)
+        #expect(bytes == (base + (FusedLMHead.defaultTileRows + FusedLMHead.defaultTileCols) * 4096
+                          + FusedLMHead.defaultTileCols) * 4)
+        #expect(grpo_fused_log_probs_scratch_bytes(10, 10, 10, &cfg, 1, &bytes, &err, 256) == GRPO_ERR_DTYPE)
         var gw = [Float](repeating: 0, count: 4)
         #expect(grpo_fused_log_probs_backward_f32(x, x, nil, 1, 2, 2, [0], &cfg, [0], nil, [1], nil, nil, &gw, &g,
                                                   &err, 256) == GRPO_ERR_NULL)  // grad_bias without bias

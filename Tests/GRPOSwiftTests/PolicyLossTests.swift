@@ -480,13 +480,13 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
         [LossType.grpo, .bnpo, .drGRPO, .dapo, .luspo, .cispo, .sapo].map { ($0, .token) }
         + LossType.allCases.map { ($0, .sequence) } + [(.vespo, .token)]
 
-    /// Both float32 SIMD paths: token-level clipped rows, and rows with constant policy
-    /// factors (sequence level, vespo), with partial blocks, masked NaN, delta, bias KL,
-    /// per-row IS ratio and the off-policy mask.
+    /// Both float32 SIMD paths: token-level rows (clipped, cispo, sapo), and rows with constant
+    /// policy factors (sequence level, vespo), with partial blocks, masked NaN, delta, bias KL,
+    /// per-row IS ratio, the off-policy mask and the high-entropy mask.
     @Test(arguments: fastCases)
     func fastPathMatchesDouble(_ c: (LossType, ImportanceSamplingLevel)) throws {
         let (type, level) = c
-        for variant in 0..<6 {
+        for variant in 0..<7 {
             var p = LossProblem(B: 7, T: 37, seed: 500 + UInt64(variant), spread: 0.4)
             p.lp = p.lp.map { Double(Float($0)) }; p.old = p.old.map { Double(Float($0)) }
             p.ref = p.ref.map { Double(Float($0)) }; p.ent = p.ent.map { Double(Float($0)) }
@@ -496,6 +496,7 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
             if variant == 3 && type.isClipped { cfg.delta = 1.2 }
             cfg.entropyCoef = variant == 1 ? 0.05 : 0
             if variant == 5 { cfg.offPolicyMaskThreshold = 0.01 }
+            if variant == 6 { cfg.topEntropyQuantile = 0.45; cfg.entropyCoef = 0.05 }
             let isr: [Double]? = variant == 4 && type != .vespo ? (0..<p.B).map { 0.5 + Double($0) / 8 } : nil
             var dirty = p
             for k in 0..<(p.B * p.T) where p.mask[k] == 0 { dirty.lp[k] = .nan; dirty.ref[k] = .infinity }

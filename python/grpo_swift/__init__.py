@@ -14,6 +14,7 @@ _configure_openblas_coretype()  # must run before _native loads libopenblas (see
 
 from . import _native  # noqa: E402
 from ._advantages import AdvantagesResult, group_advantages  # noqa: E402
+from ._loss import LossConfig, LossResult, grpo_loss, loss_with_config  # noqa: E402
 from ._logprobs import (  # noqa: E402
     LogProbsResult,
     fused_log_probs,
@@ -24,7 +25,6 @@ from ._logprobs import (  # noqa: E402
     selective_log_softmax_backward,
     selective_log_softmax_forward,
 )
-from ._loss import LossConfig, LossResult, grpo_loss, loss_with_config  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -336,16 +336,19 @@ def fused_log_probs_backward(hidden, weight, labels, grad_log_probs=None, grad_e
 
 
 def fused_log_probs_scratch_bytes(n: int, hidden_size: int, vocab: int, *, tile_rows: int = 0,
-                                  tile_cols: int = 0) -> int:
+                                  tile_cols: int = 0, bfloat16: bool = False) -> int:
     """Bytes of scratch one fused forward or backward call allocates for these sizes.
 
     min(n, tile_rows) x min(vocab, tile_cols) float32 plus 16 bytes per tile row: bounded
     independently of n and vocab (16 MiB + 16 KiB with the default 1024 x 4096 tiles).
-    Outputs and gradients are not included (they are the caller's arrays).
+    With bfloat16 inputs (grpo_swift.torch) add the float32 copies of one row block of
+    hidden, one vocabulary slice of weight and of bias. Outputs and gradients are not
+    included (they are the caller's arrays).
     """
     fn = "fused_log_probs_scratch_bytes"
     return _native.fused_log_probs_scratch_bytes(integer(n, fn, "n", minimum=0),
                                                  integer(hidden_size, fn, "hidden_size", minimum=1),
                                                  integer(vocab, fn, "vocab", minimum=1), 1.0, 1.0, 0.0,
                                                  integer(tile_rows, fn, "tile_rows", minimum=0),
-                                                 integer(tile_cols, fn, "tile_cols", minimum=0))
+                                                 integer(tile_cols, fn, "tile_cols", minimum=0),
+                                                 _native.BF16 if bfloat16 else _native.F32)

@@ -15,11 +15,6 @@ def group_advantages(
     rewards: Any, reward_weights: Any | None, num_generations: int, scale_rewards: int,
     aggregation: int, out_advantages: Any, out_mean: Any, out_std: Any, out_is_std_zero: Any, /
 ) -> None: ...
-def policy_loss(
-    fn: str, logps: Any, old_logps: Any | None, ref_logps: Any | None, sampling_logps: Any | None,
-    entropies: Any | None, advantages: Any, mask: Any, importance_sampling_ratio: Any | None,
-    config: tuple, out_grad: Any | None, out_grad_entropies: Any | None, /
-) -> tuple[float, ...]: ...
 def selective_log_softmax(
     logits: Any, dtype: int, targets: Any, row_mask: Any | None, temperature: float,
     out_log_probs: Any, out_entropy: Any | None, out_logsumexp: Any | None, /
@@ -42,6 +37,11 @@ def fused_log_probs_backward(
 ) -> None: ...
 def fused_log_probs_scratch_bytes(
     n: int, hidden_size: int, vocab: int, temperature: float, logit_scale: float, softcap: float,
-    tile_rows: int, tile_cols: int, /
+    tile_rows: int, tile_cols: int, dtype: int, /
 ) -> int: ...
 def benchmark_sgemm_nt(a: Any, b: Any, out_c: Any, /) -> None: ...
+def policy_loss(
+    fn: str, logps: Any, old_logps: Any | None, ref_logps: Any | None, sampling_logps: Any | None,
+    entropies: Any | None, advantages: Any, mask: Any, importance_sampling_ratio: Any | None,
+    config: tuple, out_grad: Any | None, out_grad_entropies: Any | None, /
+) -> tuple[float, ...]: ...

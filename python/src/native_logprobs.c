@@ -156,12 +156,24 @@ static int lp_head_config(PyObject *const *args, const char *fn, grpo_lm_head_co
     return 0;
 }
 
-/* Acquires hidden (N, H), weight (V, H) float32, bias (V,) or None, targets (N,) int64. */
+/*
+ * Acquires hidden (N, H), weight (V, H), bias (V,) or None -- all float32, or all bfloat16 as
+ * int16/uint16 bits (*is_bf16 = 1) -- and targets (N,) int64.
+ */
 static int lp_head_inputs(gs_buffers *set, PyObject *const *args, const char *fn, Py_buffer **hidden,
-                          Py_buffer **weight, Py_buffer **bias, Py_buffer **targets) {
-    *hidden = gs_acquire(set, args[0], fn, "hidden", GS_F32, 2, 0, 0);
-    *weight = *hidden ? gs_acquire(set, args[1], fn, "weight", GS_F32, 2, 0, 0) : NULL;
-    *bias = *weight ? gs_acquire(set, args[2], fn, "bias", GS_F32, 1, 0, 1) : NULL;
+                          Py_buffer **weight, Py_buffer **bias, Py_buffer **targets, int *is_bf16) {
+    *hidden = gs_acquire(set, args[0], fn, "hidden", GS_ANY_FLOAT, 2, 0, 0);
+    if (!*hidden) return -1;
+    int dtype = gs_float_dtype(*hidden);
+    if (dtype != GRPO_F32 && dtype != GRPO_BF16) {
+        PyErr_Format(PyExc_TypeError, "%s(): argument 'hidden' must be float32 (or bfloat16 bits), got format '%s'",
+                     fn, (*hidden)->format ? (*hidden)->format : "B");
+        return -1;
+    }
+    gs_kind kind = dtype == GRPO_BF16 ? GS_BF16_BITS : GS_F32;
+    *is_bf16 = dtype == GRPO_BF16;
+    *weight = gs_acquire(set, args[1], fn, "weight", kind, 2, 0, 0);
+    *bias = *weight ? gs_acquire(set, args[2], fn, "bias", kind, 1, 0, 1) : NULL;
     *targets = *bias ? gs_acquire(set, args[3], fn, "targets", GS_I64, 1, 0, 0) : NULL;
     if (!*targets) return -1;
     if ((*weight)->shape[1] != (*hidden)->shape[1]) {
@@ -188,7 +200,8 @@ static PyObject *lp_fused_log_probs(PyObject *self, PyObject *const *args, Py_ss
     gs_buffers set = {.count = 0};
     PyObject *result = NULL;
     Py_buffer *hidden, *weight, *bias, *targets;
-    if (lp_head_inputs(&set, args, fn, &hidden, &weight, &bias, &targets) < 0) goto exit;
+    int bf16 = 0;
+    if (lp_head_inputs(&set, args, fn, &hidden, &weight, &bias, &targets, &bf16) < 0) goto exit;
     Py_buffer *lp = gs_acquire(&set, args[9], fn, "out_log_probs", GS_F32, 1, 1, 0);
     Py_buffer *ent = lp ? gs_acquire(&set, args[10], fn, "out_entropy", GS_F32, 1, 1, 1) : NULL;
     Py_buffer *lse = ent ? gs_acquire(&set, args[11], fn, "out_logsumexp", GS_F64, 1, 1, 1) : NULL;
@@ -200,8 +213,12 @@ static PyObject *lp_fused_log_probs(PyObject *self, PyObject *const *args, Py_ss
     char err[GS_ERRLEN] = {0};
     grpo_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = grpo_fused_log_probs_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
-                                  lp->buf, ent->buf, lse->buf, err, sizeof err);
+    if (bf16)
+        st = grpo_fused_log_probs_bf16(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
+                                       lp->buf, ent->buf, lse->buf, err, sizeof err);
+    else
+        st = grpo_fused_log_probs_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
+                                      lp->buf, ent->buf, lse->buf, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (st != GRPO_OK) {
         gs_raise_status(st, fn, err);
@@ -227,7 +244,8 @@ static PyObject *lp_fused_log_probs_backward(PyObject *self, PyObject *const *ar
     gs_buffers set = {.count = 0};
     PyObject *result = NULL;
     Py_buffer *hidden, *weight, *bias, *targets;
-    if (lp_head_inputs(&set, args, fn, &hidden, &weight, &bias, &targets) < 0) goto exit;
+    int bf16 = 0;
+    if (lp_head_inputs(&set, args, fn, &hidden, &weight, &bias, &targets, &bf16) < 0) goto exit;
     Py_buffer *lse = gs_acquire(&set, args[9], fn, "logsumexp", GS_F64, 1, 0, 0);
     Py_buffer *ent = lse ? gs_acquire(&set, args[10], fn, "entropy", GS_F32, 1, 0, 1) : NULL;
     Py_buffer *glp = ent ? gs_acquire(&set, args[11], fn, "grad_log_probs", GS_F32, 1, 0, 1) : NULL;
@@ -250,9 +268,14 @@ static PyObject *lp_fused_log_probs_backward(PyObject *self, PyObject *const *ar
     char err[GS_ERRLEN] = {0};
     grpo_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = grpo_fused_log_probs_backward_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
-                                           lse->buf, ent->buf, glp->buf, gent->buf, gh->buf, gw->buf, gb->buf,
-                                           err, sizeof err);
+    if (bf16)
+        st = grpo_fused_log_probs_backward_bf16(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
+                                                lse->buf, ent->buf, glp->buf, gent->buf, gh->buf, gw->buf, gb->buf,
+                                                err, sizeof err);
+    else
+        st = grpo_fused_log_probs_backward_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
+                                               lse->buf, ent->buf, glp->buf, gent->buf, gh->buf, gw->buf, gb->buf,
+                                               err, sizeof err);
     Py_END_ALLOW_THREADS
     if (st != GRPO_OK) {
         gs_raise_status(st, fn, err);
@@ -265,11 +288,13 @@ exit:
 }
 
 /* fused_log_probs_scratch_bytes(n, hidden_size, vocab, temperature, logit_scale, softcap,
- *                               tile_rows, tile_cols) -> int */
+ *                               tile_rows, tile_cols, dtype) -> int */
 static PyObject *lp_scratch_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     static const char *fn = "fused_log_probs_scratch_bytes";
     (void)self;
-    LP_CHECK_NARGS(fn, 8);
+    LP_CHECK_NARGS(fn, 9);
+    int32_t dtype;
+    if (gs_int32_arg(args[8], fn, "dtype", &dtype) < 0) return NULL;
     Py_ssize_t sizes[3];
     for (int i = 0; i < 3; i++) {
         sizes[i] = PyLong_AsSsize_t(args[i]);
@@ -279,7 +304,8 @@ static PyObject *lp_scratch_bytes(PyObject *self, PyObject *const *args, Py_ssiz
     if (lp_head_config(args + 3, fn, &cfg) < 0) return NULL;
     ptrdiff_t bytes = 0;
     char err[GS_ERRLEN] = {0};
-    grpo_status st = grpo_fused_log_probs_scratch_bytes(sizes[0], sizes[1], sizes[2], &cfg, &bytes, err, sizeof err);
+    grpo_status st = grpo_fused_log_probs_scratch_bytes(sizes[0], sizes[1], sizes[2], &cfg, dtype, &bytes, err,
+                                                        sizeof err);
     if (st != GRPO_OK) return gs_raise_status(st, fn, err);
     return PyLong_FromSsize_t(bytes);
 }
@@ -332,7 +358,7 @@ PyMethodDef gs_logprobs_methods[] = {
      "out_grad_bias)"},
     {"fused_log_probs_scratch_bytes", (PyCFunction)(void (*)(void))lp_scratch_bytes, METH_FASTCALL,
      "fused_log_probs_scratch_bytes(n, hidden_size, vocab, temperature, logit_scale, softcap, tile_rows, "
-     "tile_cols) -> int"},
+     "tile_cols, dtype) -> int"},
     {"benchmark_sgemm_nt", (PyCFunction)(void (*)(void))lp_benchmark_sgemm_nt, METH_FASTCALL,
      "benchmark_sgemm_nt(a, b, out_c): one plain OpenBLAS sgemm c = a b^T (benchmark anchor)"},
     {NULL, NULL, 0, NULL},

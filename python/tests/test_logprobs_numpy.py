@@ -128,20 +128,20 @@ def test_inplace_backward_equals_out_of_place(rng, dtype):
 def test_thread_count_does_not_change_bits(rng):
     x = rng.normal(size=(67, 3001)).astype(np.float32)
     t = rng.integers(0, 3001, size=67)
-    h = rng.normal(size=(67, 48)).astype(np.float32)
-    w = rng.normal(size=(1500, 48)).astype(np.float32)
-    b = rng.normal(size=1500).astype(np.float32)
-    tt = rng.integers(0, 1500, size=67)
+    # Fused: 600 rows and 2100-column tiles give several sub-GEMM tasks per tile.
+    h = rng.normal(size=(600, 48)).astype(np.float32)
+    w = rng.normal(size=(2500, 48)).astype(np.float32)
+    b = rng.normal(size=2500).astype(np.float32)
+    tt = rng.integers(0, 2500, size=600)
     before = grpo_swift.get_num_threads()
     results = []
     try:
         for n in (1, 2, 3):
             grpo_swift.set_num_threads(n)
-            f = grpo_swift.fused_log_probs_forward(h, w, tt, bias=b, final_logit_softcapping=5.0,
-                                                   tile_rows=16, tile_cols=300)
-            gr = grpo_swift.fused_log_probs_backward(h, w, tt, np.ones(67), np.ones(67), logsumexp=f.logsumexp,
+            f = grpo_swift.fused_log_probs_forward(h, w, tt, bias=b, final_logit_softcapping=5.0, tile_cols=2100)
+            gr = grpo_swift.fused_log_probs_backward(h, w, tt, np.ones(600), np.ones(600), logsumexp=f.logsumexp,
                                                      entropy=f.entropy, bias=b, final_logit_softcapping=5.0,
-                                                     tile_rows=16, tile_cols=300)
+                                                     tile_cols=2100)
             results.append((grpo_swift.selective_log_softmax(x, t, return_entropy=True),
                             grpo_swift.selective_log_softmax_backward(x, t, np.ones(67), np.ones(67)), f, gr))
     finally:
