@@ -255,8 +255,9 @@ def reading(h: dict, beta: float, loss_type: str, num_iterations: int) -> str:
                 f"beta*KL = {late_kl_term:.4f} of the mean loss {late_loss:+.4f}) as the policy moved away "
                 f"from the reference: a rising loss here is the price of learning, not a failure. ")
     if num_iterations > 1:
-        txt += (f"With {num_iterations} updates per generation the ratios left [1-eps, 1+eps] on "
-                f"{100 * cl0:.1f}% -> {100 * cl1:.1f}% of the tokens (clip region_mean). ")
+        txt += (f"With {num_iterations} updates per generation the ratios move within a generation, and "
+                f"the clipped share of the tokens (clip_ratio/region_mean) was {100 * cl0:.1f}% -> "
+                f"{100 * cl1:.1f}% (first -> last 10%). ")
     txt += (f"The fraction of groups with no reward spread (all rewards equal: advantages exactly 0, no "
             f"gradient) went from {z0:.2f} to {z1:.2f}")
     if z1 > z0 + 0.2:

@@ -45,7 +45,7 @@ def test_demo_quick_learns_and_saves_the_figure(tmp_path):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the printed reading quotes this run's numbers, not canned text
     assert f"went from {first:.2f} (first 10% of steps) to {last:.2f} (last 10%)" in out
-    assert "Reading:" in out and "clip region_mean" in out
+    assert "Reading:" in out and "clip_ratio/region_mean" in out
 
 
 def test_demo_reading_is_computed_from_the_history():
