@@ -246,7 +246,8 @@ def reading(h: dict, beta: float, loss_type: str, num_iterations: int) -> str:
     txt = (
         f"Reading: the mean reward went from {r0:.2f} (first 10% of steps) to {r1:.2f} (last 10%): "
         f"correctness {c0:.2f} -> {c1:.2f}, format {f0:.2f} -> {f1:.2f}. "
-        f"The loss started at {h['loss_first'][0]:+.2e} although the gradient norm at that update was "
+        f"The loss started at {h['loss_first'][0]:+.2e} (zero up to float32 rounding) although the gradient "
+        f"norm at that update was "
         f"{gn0:.3f}: at the first update of each generation the ratio is 1 and each group's advantages "
         f"sum to 0, so the '{loss_type}' policy part was at most {pt_first.max():.1e} in magnitude at every "
         f"first update, and the KL part is 0 while the policy equals the reference. ")
@@ -271,7 +272,7 @@ def reading(h: dict, beta: float, loss_type: str, num_iterations: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=None, help="generations (default 300; 80 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="generations (default 300; 60 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("out", "grpo_demo.png"), help="where to save the figure (PNG)")
     p.add_argument("--quick", action="store_true", help="a short run (what the tests use)")
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss-type", default="grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    steps = args.steps if args.steps is not None else (80 if args.quick else 300)
+    steps = args.steps if args.steps is not None else (60 if args.quick else 300)
     if steps < 1:
         p.error("--steps must be >= 1")
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they give

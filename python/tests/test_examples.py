@@ -48,8 +48,12 @@ def test_demo_quick_learns_and_saves_the_figure(tmp_path):
     assert "Reading:" in out and "clip_ratio/region_mean" in out
 
 
-def test_demo_reading_is_computed_from_the_history():
-    demo = load_example("demo.py")
+@pytest.fixture(scope="module")
+def demo():
+    return load_example("demo.py")
+
+
+def test_demo_reading_is_computed_from_the_history(demo):
     n = 20
     h = {k: np.linspace(0.0, 1.0, n) for k in ("reward", "correctness", "format", "kl", "clip_region",
                                                 "frac_zero_std", "loss", "kl_term")}
@@ -62,8 +66,7 @@ def test_demo_reading_is_computed_from_the_history():
     assert "from 0.97 (first 10% of steps) to 0.03 (last 10%)" in demo.reading(h, 0.04, "grpo", 2)
 
 
-def test_demo_rewards():
-    demo = load_example("demo.py")
+def test_demo_rewards(demo):
     EOS = demo.EOS
     comp = np.array([[5, EOS, EOS, EOS],   # right answer, stops right after it
                      [5, 3, EOS, EOS],     # right answer, stops late
@@ -74,10 +77,10 @@ def test_demo_rewards():
     np.testing.assert_array_equal(r, [[1, 1], [1, 0.5], [0, 1], [1, 0], [0, 0]])
 
 
-def test_demo_rejects_bad_flags():
-    out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "demo.py"), "--steps", "0"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
-    assert out.returncode != 0 and "--steps must be >= 1" in out.stderr
+def test_demo_rejects_bad_flags(demo, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--steps", "0"])
+    assert e.value.code != 0 and "--steps must be >= 1" in capsys.readouterr().err
 
 
 # ---- numpy / torch / C / Swift examples ---------------------------------------------------------
