@@ -100,6 +100,18 @@ def test_torch_example_learns():
     assert float(m.group(2)) > float(m.group(1)) + 0.2, out
 
 
+def test_trl_example_runs():
+    pytest.importorskip("trl")
+    try:
+        import grpo_swift.trl  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"grpo_swift.trl is not available here: {exc}")
+    out = run_example("trl_grpo.py", "--steps", "4", timeout=600)
+    calls = re.search(r"grpo_swift kernel calls: \{'log_probs': (\d+), 'advantages': (\d+), 'loss': (\d+)\}", out)
+    assert calls and all(int(c) > 0 for c in calls.groups()), out
+    assert "mean reward: first" in out
+
+
 def test_c_example(tmp_path):
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler")
