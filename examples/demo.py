@@ -243,16 +243,22 @@ def reading(h: dict, beta: float, loss_type: str, num_iterations: int) -> str:
     gn0 = h["grad_norm_first"][0]
     late_loss = window_means(h["loss"])[1]
     late_kl_term = window_means(h["kl_term"])[1]
-    txt = (
-        f"Reading: the mean reward went from {r0:.2f} (first 10% of steps) to {r1:.2f} (last 10%): "
-        f"correctness {c0:.2f} -> {c1:.2f}, format {f0:.2f} -> {f1:.2f}. "
-        f"The loss started at {h['loss_first'][0]:+.2e} (zero up to float32 rounding) although the gradient "
-        f"norm at that update was "
-        f"{gn0:.3f}: at the first update of each generation the ratio is 1 and each group's advantages "
-        f"sum to 0, so the '{loss_type}' policy part was at most {pt_first.max():.1e} in magnitude at every "
-        f"first update, and the KL part is 0 while the policy equals the reference. ")
+    txt = (f"Reading: the mean reward went from {r0:.2f} (first 10% of steps) to {r1:.2f} (last 10%): "
+           f"correctness {c0:.2f} -> {c1:.2f}, format {f0:.2f} -> {f1:.2f}. ")
+    if pt_first.max() < 1e-6:  # grpo (and any type whose first-update value is ~0 on this run)
+        txt += (f"The loss started at {h['loss_first'][0]:+.2e} (zero up to float32 rounding) although the "
+                f"gradient norm at that update was {gn0:.3f}: at the first update of each generation the ratio "
+                f"is 1 and each group's advantages sum to 0, so the '{loss_type}' policy part was at most "
+                f"{pt_first.max():.1e} in magnitude at every first update, and the KL part is 0 while the "
+                f"policy equals the reference. ")
+    else:  # token-normalised types: -sum_i A_i L_i / normaliser at ratio 1
+        txt += (f"The loss started at {h['loss_first'][0]:+.2e} with a gradient norm of {gn0:.3f}: for "
+                f"'{loss_type}' the policy part at ratio 1 is -sum_i A_i L_i / normaliser, which is not 0 when "
+                f"completion lengths differ (its magnitude at first updates averaged {pt_first.mean():.1e}); it "
+                f"says whether the better completions were longer or shorter, not how well the policy does. ")
     if beta > 0:
-        txt += (f"The loss then rose with the KL (mean KL {k0:.4f} -> {k1:.4f}; in the last 10% the KL part "
+        verb = "then rose with the KL" if late_loss > h["loss_first"][0] else "moved with the KL"
+        txt += (f"The loss {verb} (mean KL {k0:.4f} -> {k1:.4f}; in the last 10% the KL part "
                 f"beta*KL = {late_kl_term:.4f} of the mean loss {late_loss:+.4f}) as the policy moved away "
                 f"from the reference: a rising loss here is the price of learning, not a failure. ")
     if num_iterations > 1:

@@ -62,8 +62,12 @@ def test_demo_reading_is_computed_from_the_history(demo):
     h["loss_first"] = np.zeros(n)
     text = demo.reading(h, beta=0.04, loss_type="grpo", num_iterations=2)
     assert "from 0.03 (first 10% of steps) to 0.97 (last 10%)" in text
+    assert "zero up to float32 rounding" in text
     h["reward"] = h["reward"][::-1]
     assert "from 0.97 (first 10% of steps) to 0.03 (last 10%)" in demo.reading(h, 0.04, "grpo", 2)
+    h["policy_term_first"] = np.full(n, -0.01)  # e.g. dapo: -sum_i A_i L_i / N at ratio 1
+    text = demo.reading(h, 0.04, "dapo", 2)
+    assert "zero up to" not in text and "-sum_i A_i L_i / normaliser" in text
 
 
 def test_demo_rewards(demo):
