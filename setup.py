@@ -15,11 +15,18 @@ from setuptools.command.build_ext import build_ext
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SCRATCH = os.path.join(ROOT, ".build-python")  # separate from `swift test`'s .build
 SWIFT_LIB = "libgrpo_swift.so"
+# GRPO_SWIFT_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer build of the Swift
+# library and the extension (for `make sanitize`; load with the ASan runtime preloaded).
+SANITIZE = os.environ.get("GRPO_SWIFT_SANITIZE") == "1"
+if SANITIZE:
+    SCRATCH = os.path.join(ROOT, ".build-asan")
 
 
 def swift_build_cmd(*extra):
+    # Swift code supports ASan on Linux (UBSan is C-only: used for the extension below).
+    sanitizers = ["--sanitize=address"] if SANITIZE else []
     return ["swift", "build", "-c", "release", "--product", "grpo_swift",
-            "--scratch-path", SCRATCH, "-Xswiftc", "-static-stdlib", *extra]
+            "--scratch-path", SCRATCH, "-Xswiftc", "-static-stdlib", *sanitizers, *extra]
 
 
 class SwiftBuildExt(build_ext):
@@ -51,7 +58,9 @@ native = Extension(
     libraries=["grpo_swift"],
     extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-Wno-missing-field-initializers", "-Werror=implicit-function-declaration"],
-    extra_link_args=["-Wl,-rpath,$ORIGIN"],
+    extra_link_args=["-Wl,-rpath,$ORIGIN"] + (["-fsanitize=address,undefined", "-shared-libasan"] if SANITIZE else []),
 )
+if SANITIZE:
+    native.extra_compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
 
 setup(ext_modules=[native], cmdclass={"build_ext": SwiftBuildExt})

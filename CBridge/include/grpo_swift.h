@@ -421,6 +421,9 @@ typedef struct grpo_lm_head_config {
  * Fused LM head forward: lp and H of logits = (hidden weight^T + bias) * logit_scale
  * (softcapped) / temperature, WITHOUT materialising the n x vocab logits (tiles of
  * tile_rows x tile_cols through cblas_sgemm; see grpo_fused_log_probs_scratch_bytes).
+ * Threads: grpo_get_num_threads() workers each run single-threaded sgemm calls on fixed
+ * sub-blocks (bitwise identical results for any thread count); the fused functions
+ * therefore set OpenBLAS's own thread count to 1 (openblas_set_num_threads, process-wide).
  *
  * hidden: (n, hidden_size) float32.  weight: (vocab, hidden_size) float32.
  * bias:   (vocab) float32 or NULL.   targets: (n) int64, < 0 = not scored.

@@ -92,6 +92,12 @@ func advantages(_ rewards: [Double], funcs: Int = 1, g: Int, scale: ScaleRewards
         cfg.scale_rewards = 7
         #expect(grpo_group_advantages_f64(r, 4, 1, nil, &cfg, &out, &m, &s, &z, &err, 128) == GRPO_ERR_VALUE)
         #expect(grpo_group_advantages_f64(nil, 4, 1, nil, &cfg, &out, &m, &s, &z, nil, 0) != GRPO_OK)
+        // n * num_funcs overflowing is refused before any buffer is touched or allocated.
+        cfg.scale_rewards = 0
+        cfg.num_generations = 2
+        #expect(grpo_group_advantages_f64(r, Int.max / 2, 4, nil, &cfg, &out, &m, &s, &z, &err, 128)
+                == GRPO_ERR_OVERFLOW)
+        #expect(grpo_group_advantages_f64(r, -4, 1, nil, &cfg, &out, &m, &s, &z, &err, 128) == GRPO_ERR_SHAPE)
     }
 }
 

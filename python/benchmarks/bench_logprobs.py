@@ -8,8 +8,9 @@
    patched forward) + autograd (anchor; goal >= 2.5x), and vs 4 x one plain OpenBLAS sgemm of
    the same (2048 x 896) x (896 x 32768) shape (the GEMM work of a forward + backward: one
    forward GEMM, the backward's recomputation, grad_hidden, grad_weight; goal: within 1.2x).
-Medians of repeats, all measured in this run. "peak" is the largest resident-memory
-increase seen while the call ran (sampled every ms; includes the outputs and gradients).
+Medians of interleaved rounds, all measured in this run; ratios are medians of per-round
+ratios. "peak" is the largest resident-memory increase seen while the call ran (sampled
+every ms; includes outputs and gradients the call allocates, not preallocated ones).
     python python/benchmarks/bench_logprobs.py [--quick]
 """
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> None:
     gl = rng.standard_normal(n).astype(np.float32)
     gh = rng.standard_normal(n).astype(np.float32)
     grad_out = np.empty_like(x)
+    grad_out.fill(0)  # touch the output's pages now: "peak" then shows only extra memory
 
     def ours_logits():
         f = grpo_swift.selective_log_softmax_forward(x, idx)
@@ -162,6 +164,7 @@ def main() -> None:
         (lp * glt + ent * ght).sum().backward()
 
     c = np.empty((n, v), np.float32)
+    c.fill(0)
 
     def one_sgemm():
         _native.benchmark_sgemm_nt(h, w, c)

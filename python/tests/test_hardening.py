@@ -91,6 +91,8 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+@pytest.mark.skipif(os.environ.get("GRPO_SWIFT_SANITIZE") == "1",
+                    reason="AddressSanitizer's quarantine holds freed memory: RSS is not a leak signal")
 @pytest.mark.parametrize("name,call", KERNELS, ids=IDS)
 def test_no_memory_growth(name, call):
     for _ in range(200):  # warm-up: allocator pools, lazily initialised state

@@ -10,9 +10,12 @@ N x V x 4 bytes (here 311 MB), twenty times the budget.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 CHILD = textwrap.dedent(
     """
@@ -60,6 +63,8 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.skipif(os.environ.get("GRPO_SWIFT_SANITIZE") == "1",
+                    reason="AddressSanitizer's shadow memory and quarantine inflate RSS")
 def test_fused_peak_memory_within_scratch_budget():
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

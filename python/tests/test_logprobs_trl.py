@@ -209,3 +209,24 @@ def test_torch_errors():
         gst.fused_log_probs(torch.zeros(2, 4), torch.zeros(5, 3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(TypeError, match="'labels'"):
         gst.fused_log_probs(torch.zeros(2, 4), torch.zeros(5, 4), [0, 1])
+
+
+def test_fused_bf16_inputs_equal_float32_path_on_same_values():
+    # bf16 hidden/weight/bias go to the kernel as bits and are widened exactly per tile: the
+    # results are the float32 path's bits on the widened values (gradients then rounded to bf16).
+    g = torch.Generator().manual_seed(14)
+    h = torch.randn(300, 24, generator=g).to(torch.bfloat16)
+    w = (torch.randn(700, 24, generator=g) * 0.3).to(torch.bfloat16)
+    b = torch.randn(700, generator=g).to(torch.bfloat16)
+    labels = torch.randint(0, 700, (300,), generator=g)
+    outs = []
+    for dtype in (torch.bfloat16, torch.float32):
+        hh, ww, bb = (t.detach().clone().to(dtype).requires_grad_(True) for t in (h, w, b))
+        lp, ent = gst.fused_log_probs(hh, ww, labels, bias=bb, temperature=0.7, final_logit_softcapping=8.0)
+        (lp + 0.3 * ent).sum().backward()
+        outs.append((lp, ent, hh.grad.to(torch.bfloat16), ww.grad.to(torch.bfloat16), bb.grad.to(torch.bfloat16)))
+    for a, c in zip(*outs):
+        assert torch.equal(a, c)
+    assert outs[0][2].dtype == torch.bfloat16
+    assert grpo_swift.fused_log_probs_scratch_bytes(300, 24, 700, bfloat16=True) > \
+        grpo_swift.fused_log_probs_scratch_bytes(300, 24, 700)

@@ -12,5 +12,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from ._advantages import group_advantages
 from ._logprobs import fused_log_probs, selective_log_softmax
+from ._loss import GRPOLoss, grpo_loss, loss_with_config
 
-__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs"]
+__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss"]

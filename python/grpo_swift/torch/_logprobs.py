@@ -110,22 +110,32 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, temperature
     return (lp, ent) if return_entropy else lp
 
 
+def _head_inputs(hidden, weight, bias):
+    """Inputs as the kernels take them: all bfloat16 (passed as bits, no copy) when hidden,
+    weight and bias are bfloat16; else float32 (a converted copy only for other dtypes)."""
+    all_bf16 = hidden.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and (
+        bias is None or bias.dtype == torch.bfloat16)
+    dtype = torch.bfloat16 if all_bf16 else torch.float32
+    h = hidden.detach().to(dtype).contiguous().reshape(-1, hidden.shape[-1])
+    w = weight.detach().to(dtype).contiguous()
+    b = None if bias is None else bias.detach().to(dtype).contiguous()
+    return h, w, b
+
+
 class _FusedLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, temperature, logit_scale, softcap):
         ctx.set_materialize_grads(False)
-        h32 = hidden.detach().to(torch.float32).contiguous().reshape(-1, hidden.shape[-1])
-        w32 = weight.detach().to(torch.float32).contiguous()
-        b32 = None if bias is None else bias.detach().to(torch.float32).contiguous()
-        n = h32.shape[0]
+        h, w, b = _head_inputs(hidden, weight, bias)
+        n = h.shape[0]
         lp = torch.empty(n, dtype=torch.float32)
         ent = torch.empty(n, dtype=torch.float32)
         lse = torch.empty(n, dtype=torch.float64)
         targets = labels.reshape(-1)
-        _native.fused_log_probs(buffer_of(h32), buffer_of(w32), None if b32 is None else buffer_of(b32),
+        _native.fused_log_probs(buffer_of(h), buffer_of(w), None if b is None else buffer_of(b),
                                 buffer_of(targets), temperature, logit_scale, softcap, 0, 0,
                                 lp.numpy(), ent.numpy(), lse.numpy())
-        ctx.save_for_backward(h32, w32, b32, targets, lse, ent)
+        ctx.save_for_backward(h, w, b, targets, lse, ent)
         ctx.args = (temperature, logit_scale, softcap)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.hidden_shape = hidden.shape
@@ -134,16 +144,16 @@ class _FusedLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lp, grad_ent):
-        h32, w32, b32, targets, lse, ent = ctx.saved_tensors
+        h, w, b, targets, lse, ent = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if (grad_lp is None and grad_ent is None) or not (need_h or need_w or need_b):
             return None, None, None, None, None, None, None
         temperature, logit_scale, softcap = ctx.args
-        gh = torch.empty(h32.shape, dtype=torch.float32) if need_h else None
-        gw = torch.empty(w32.shape, dtype=torch.float32) if need_w else None
-        gb = torch.empty(w32.shape[0], dtype=torch.float32) if need_b and b32 is not None else None
+        gh = torch.empty(h.shape, dtype=torch.float32) if need_h else None
+        gw = torch.empty(w.shape, dtype=torch.float32) if need_w else None
+        gb = torch.empty(w.shape[0], dtype=torch.float32) if need_b and b is not None else None
         _native.fused_log_probs_backward(
-            buffer_of(h32), buffer_of(w32), None if b32 is None else buffer_of(b32), buffer_of(targets),
+            buffer_of(h), buffer_of(w), None if b is None else buffer_of(b), buffer_of(targets),
             temperature, logit_scale, softcap, 0, 0, lse.numpy(), ent.numpy(),
             _row_buffer(grad_lp, torch.float32), _row_buffer(grad_ent, torch.float32),
             None if gh is None else gh.numpy(), None if gw is None else gw.numpy(),
@@ -159,8 +169,9 @@ def fused_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
                     final_logit_softcapping: float | None = None):
     """TRL's `ChunkedLogProbFunction` (log-probs and entropy of the LM head) with autograd.
 
-    hidden: (..., H); weight: (V, H); bias: (V,) or None -- float32 (bfloat16/float16/float64
-    are converted to float32 once; the kernels compute in float32). labels: (...) integer;
+    hidden: (..., H); weight: (V, H); bias: (V,) or None -- float32, or all bfloat16 (handed
+    over without a copy and widened per tile inside the kernel); other mixes are converted to
+    float32 once. The kernels compute in float32. labels: (...) integer;
     negative (-100) = not scored. Returns float32 ``(log_probs, entropy)`` shaped like
     `labels`, both differentiable w.r.t. hidden, weight and bias (gradients in their dtypes,
     accumulated in float32). The (N, V) logits are never materialised.

@@ -1,0 +1,444 @@
+"""The GRPO policy loss for torch tensors: autograd, nn.Module and a torch.compile-safe custom op.
+
+    grpo_swift.torch.grpo_loss(per_token_logps, advantages, completion_mask, *,
+                               old_per_token_logps=None, ref_per_token_logps=None, entropies=None,
+                               sampling_logps=None, importance_sampling_ratio=None, **options)
+        -> (loss, metrics)
+    grpo_swift.torch.GRPOLoss(config=None, **options)(per_token_logps, advantages, completion_mask, ...)
+
+`options` are those of `grpo_swift.grpo_loss` (TRL's GRPOConfig names: loss_type, beta,
+epsilon, ...; see `grpo_swift.LossConfig`). The loss is a 0-d tensor (float32; float64 for
+float64 log-probs) that backpropagates into `per_token_logps` (and into `entropies` when
+`entropy_coef != 0`) with the kernel's closed-form gradient, which the forward computes in the
+same pass over the data and saves (a (B, T) float32 buffer: recomputing it in backward would
+read every input a second time for nothing).
+
+Data path: contiguous CPU tensors of float32, float64, bfloat16 or float16 are read in place
+(bfloat16 as its bits, widened to float32 inside Swift; there is no `.float()` copy). A
+non-contiguous tensor is made contiguous once. Advantages and the IS ratio are cast to float32
+(float64 for float64 log-probs) when they have another dtype (a (B,) copy, as TRL keeps them).
+The mask is read in place when it is bool or uint8 and converted to uint8 otherwise (TRL's
+int64 completion_mask: one B*T-byte copy).
+
+The kernel is registered as the custom op ``torch.ops.grpo_swift.policy_loss`` (fake/meta
+kernel and autograd formula registered, `torch.library.opcheck` clean), which is what
+``torch.compile(fullgraph=True)`` puts in the graph of a training step that calls `grpo_loss`:
+no graph break. Eager calls run the same implementation and backward formula through a
+`torch.autograd.Function`, which skips ~0.3 ms of dispatcher Python per call. Gradients are
+first-order only (a double backward raises in eager mode). Metrics are a dict of 0-d float64
+tensors (the op returns one metrics tensor; `.item()` them for logging): Python floats would
+force a graph break under torch.compile.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import types
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import _native
+from .._loss import _METRIC_FIELDS, LOSS_TYPES, LossConfig
+from ._interop import buffer_of, check_tensor
+
+__all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
+
+# Layout of LossConfig._native_args: 5 int32 flags/enums, 14 doubles, 4 Py_ssize_t.
+_N_LEAD_INTS, _N_FLOATS = 5, 14
+_ENTROPY_COEF = 11          # index in _native_args
+_NUM_ITEMS = 18             # index in _native_args (num_items_in_batch; < 0: this call's tokens)
+_MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+_CONFIG_CACHE: dict = {}
+
+
+@torch.compiler.assume_constant_result
+def _config_from_options(fn: str, items: tuple) -> LossConfig:
+    """LossConfig.from_options, run once at trace time under torch.compile (its validation is
+    plain Python on constants; dynamo would otherwise trace numpy scalar checks). Memoised on the
+    few options a call passes (LossConfig.from_options keys its own cache on all 21 fields)."""
+    try:
+        key = (fn,) + tuple((k, type(v), v) for k, v in items)
+        config = _CONFIG_CACHE.get(key)
+    except TypeError:  # an unhashable (hence invalid) option: let LossConfig raise its message
+        return LossConfig.from_options(fn, **dict(items))
+    if config is None:
+        config = LossConfig.from_options(fn, **dict(items))
+        if len(_CONFIG_CACHE) < 256:
+            _CONFIG_CACHE[key] = config
+    return config
+
+
+def _split_config(native_args: tuple) -> tuple[list[int], list[float]]:
+    ints = list(native_args[:_N_LEAD_INTS]) + list(native_args[_N_LEAD_INTS + _N_FLOATS:])
+    return ints, list(native_args[_N_LEAD_INTS:_N_LEAD_INTS + _N_FLOATS])
+
+
+@functools.lru_cache(maxsize=64)
+def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool) -> frozenset[int]:
+    view = types.SimpleNamespace(loss_type=LOSS_TYPES[loss_type], beta=beta)
+    names = ("loss",) + LossConfig.logged_metrics(view, has_ref, has_ent) + _EXTRA_METRICS
+    return frozenset(_METRIC_FIELDS.index(k) for k in names)
+
+
+def _mask_u8(mask: torch.Tensor, fn: str):
+    """The (B, T) mask as a uint8 0/1 buffer: in place for bool/uint8 (the kernel rejects any
+    byte other than 0/1), else converted (numpy, one pass each) after checking that it holds
+    only 0 and 1."""
+    if mask.dtype in (torch.bool, torch.uint8):
+        return buffer_of(mask.contiguous())
+    if mask.dtype == torch.bfloat16:  # numpy sees bfloat16 as int16 bits: compare as float32
+        mask = mask.float()
+    a = buffer_of(mask.contiguous())
+    with np.errstate(invalid="ignore"):
+        u8 = a.astype(np.uint8)
+    bad = (u8 != a) | (u8 > 1)
+    if bad.any():
+        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got {a[bad].flat[0].item()!r}")
+    return u8
+
+
+def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), round to nearest even (torch's rounding, in numpy);
+    NaN -> the quiet NaN 0x7FC0 (torch's vectorised path gives 0xFFFF: also a NaN)."""
+    b = x.view(np.uint32)
+    r = ((b + ((b >> 16) & 1) + np.uint32(0x7FFF)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        r[nan] = 0x7FC0
+    return r
+
+
+def _opt(t: Optional[torch.Tensor]):
+    return None if t is None else buffer_of(t.contiguous())
+
+
+# Kept module-level (not inlined) so a test can wrap it and see the buffers the kernel reads.
+def _call_kernel(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, grad_h):
+    return _native.policy_loss(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, grad_h)
+
+
+def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                      old_logps: Optional[torch.Tensor], ref_logps: Optional[torch.Tensor],
+                      sampling_logps: Optional[torch.Tensor], entropies: Optional[torch.Tensor],
+                      importance_sampling_ratio: Optional[torch.Tensor],
+                      num_items_in_batch: Optional[torch.Tensor], config_ints: list[int],
+                      config_floats: list[float], compute_grad: bool, fn: str
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, metrics (17,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
+    (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
+    native = (*config_ints[:_N_LEAD_INTS], *config_floats, *config_ints[_N_LEAD_INTS:])
+    if num_items_in_batch is not None:
+        n = float(num_items_in_batch.item())
+        if not n >= 0.0 or n == float("inf"):
+            raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a finite number >= 0, got {n}")
+        native = native[:_NUM_ITEMS] + (n,) + native[_NUM_ITEMS + 1:]
+    out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
+    B, T = logps.shape
+    grad = torch.empty((B, T) if compute_grad else (0,), dtype=out_dtype)
+    with_h = compute_grad and config_floats[_ENTROPY_COEF - _N_LEAD_INTS] != 0.0
+    grad_h = torch.empty((B, T) if with_h else (0,), dtype=out_dtype)
+    values = _call_kernel(fn, buffer_of(logps.contiguous()), _opt(old_logps), _opt(ref_logps),
+                          _opt(sampling_logps), _opt(entropies), buffer_of(advantages.contiguous()),
+                          _mask_u8(mask, fn), _opt(importance_sampling_ratio), native,
+                          grad.numpy() if compute_grad else None, grad_h.numpy() if with_h else None)
+    # The kernel reports the metrics this configuration does not log as NaN; they are 0 here so
+    # that the op's outputs compare equal across runs (NaN != NaN), and never reach the user.
+    logged = _logged_indices(config_ints[0], config_floats[0], ref_logps is not None, entropies is not None)
+    values = [v if i in logged else 0.0 for i, v in enumerate(values)]
+    return (torch.tensor(values[0], dtype=out_dtype), torch.tensor(values, dtype=torch.float64), grad, grad_h)
+
+
+_policy_loss_op = torch.library.custom_op("grpo_swift::policy_loss", _policy_loss_impl, mutates_args=(),
+                                          device_types="cpu")
+
+
+@_policy_loss_op.register_fake
+def _(logps, advantages, mask, old_logps, ref_logps, sampling_logps, entropies, importance_sampling_ratio,
+      num_items_in_batch, config_ints, config_floats, compute_grad, fn):
+    out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
+    B, T = logps.shape
+    with_h = compute_grad and config_floats[_ENTROPY_COEF - _N_LEAD_INTS] != 0.0
+    return (logps.new_empty((), dtype=out_dtype), logps.new_empty((len(_METRIC_FIELDS),), dtype=torch.float64),
+            logps.new_empty((B, T) if compute_grad else (0,), dtype=out_dtype),
+            logps.new_empty((B, T) if with_h else (0,), dtype=out_dtype))
+
+
+def _setup_context(ctx, inputs, output):
+    _, metrics, grad, grad_h = output
+    ctx.save_for_backward(grad, grad_h)
+    ctx.logps_dtype = inputs[0].dtype
+    ctx.entropies_dtype = None if inputs[6] is None else inputs[6].dtype
+    ctx.compute_grad = inputs[11]
+    ctx.mark_non_differentiable(metrics, grad, grad_h)
+    ctx.set_materialize_grads(False)  # no (B, T) zero tensors for the outputs nobody differentiates
+
+
+def _scale(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """g_loss * grad (in grad's dtype), cast to `dtype`: torch ops, traceable (the op's formula)."""
+    return (g_loss * grad).to(dtype)
+
+
+def _scale_eager(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The same product through numpy's single-threaded multiply (g_loss has grad's dtype: the
+    same IEEE product), which does not wait on torch's intra-op thread pool on a busy machine."""
+    g = grad.numpy()
+    if dtype == grad.dtype:
+        out = torch.empty(grad.shape, dtype=dtype)
+        np.multiply(g, g.dtype.type(g_loss.item()), out=out.numpy())
+        return out
+    prod = g * g.dtype.type(g_loss.item())
+    out = torch.empty(grad.shape, dtype=dtype)
+    if dtype == torch.bfloat16:
+        out.view(torch.int16).numpy().view(np.uint16)[...] = _to_bf16_bits(prod)
+    elif dtype == torch.float16:
+        out.numpy()[...] = prod  # IEEE round to nearest even, as torch
+    else:
+        return torch.from_numpy(prod).to(dtype)
+    return out
+
+
+def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale):
+    grad, grad_h = ctx.saved_tensors
+    if ctx.compute_grad is False:
+        raise RuntimeError("grpo_swift::policy_loss was called with compute_grad=False, so it has no gradient; "
+                           "call grpo_swift.torch.grpo_loss, which sets it from autograd's needs")
+    d_lp = d_ent = None
+    if g_loss is None:
+        return (None,) * 13
+    if ctx.needs_input_grad[0]:
+        d_lp = scale(g_loss, grad, ctx.logps_dtype)
+    if ctx.needs_input_grad[6] and grad_h.numel() == grad.numel() and grad.numel() > 0:
+        d_ent = scale(g_loss, grad_h, ctx.entropies_dtype)
+    return d_lp, None, None, None, None, None, d_ent, None, None, None, None, None, None
+
+
+_policy_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _PolicyLossFunction(torch.autograd.Function):
+    """The eager path: the op's implementation and autograd formula without the dispatcher. A
+    custom op call costs ~0.3 ms of Python (schema defaults, dispatch, autograd wrapper) -- more
+    than the kernel at B=8, T=128. Under torch.compile the custom op is used (see `_run`)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        out = _policy_loss_impl(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    # The saved gradient carries no graph: a double backward would silently miss the second
+    # derivative, so it raises instead.
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_loss, g_metrics, g_grad, g_grad_h):
+        return _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale_eager)
+
+
+def _run(*args):
+    """(loss, metrics, grad, grad_entropies): the custom op while torch.compile traces (it is what
+    makes the graph), the same implementation through autograd.Function in eager mode, and the
+    bare implementation when no gradient is needed."""
+    if torch.compiler.is_compiling():
+        return _policy_loss_op(*args)
+    if args[11]:  # compute_grad
+        return _PolicyLossFunction.apply(*args)
+    return _policy_loss_impl(*args)
+
+
+def _constant(t, fn: str, arg: str) -> None:
+    if torch.is_grad_enabled() and t.requires_grad:
+        raise ValueError(f"{fn}(): argument '{arg}' requires grad, but grpo_swift treats it as a constant (the "
+                         f"loss is differentiable only w.r.t. per_token_logps and entropies, as in TRL, which "
+                         f"computes it under torch.no_grad()); pass {arg}.detach()")
+
+
+def _check_bt(t, fn: str, arg: str, like: torch.Tensor) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    t = check_tensor(t, fn, arg, ndim=(2,))
+    if t.dtype != like.dtype:
+        raise TypeError(f"{fn}(): argument '{arg}' must have the dtype of 'per_token_logps' "
+                        f"({str(like.dtype).replace('torch.', '')}), got {str(t.dtype).replace('torch.', '')}; "
+                        f"cast it with {arg}.to(per_token_logps.dtype)")
+    if t.shape != like.shape:
+        raise ValueError(f"{fn}(): argument '{arg}' must have shape {tuple(like.shape)} like 'per_token_logps', "
+                         f"got {tuple(t.shape)}")
+    return t
+
+
+def _check_rows(t, fn: str, arg: str, B: int, T: int, aux: torch.dtype) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    t = check_tensor(t, fn, arg, ndim=(1, 2))
+    ok = (t.dim() == 1 and t.shape[0] == B) or (t.dim() == 2 and t.shape[0] == B and t.shape[1] in (1, T))
+    if not ok:
+        raise ValueError(f"{fn}(): argument '{arg}' must have shape ({B},), ({B}, 1) or ({B}, {T}), "
+                         f"got {tuple(t.shape)}")
+    _constant(t, fn, arg)
+    return t if t.dtype == aux else t.to(aux)
+
+
+_METRIC_INDEX = {k: i for i, k in enumerate(_METRIC_FIELDS)}
+_EXTRA_METRICS = ("policy_loss", "policy_term", "kl_term", "entropy_term", "num_tokens", "num_entropy_tokens",
+                  "num_off_policy_dropped")
+
+
+def _metric_names(config: LossConfig, has_ref: bool, has_ent: bool) -> tuple[str, ...]:
+    # Called through the class: under torch.compile the config may be a traced constant without a source.
+    return LossConfig.logged_metrics(config, has_ref, has_ent) + _EXTRA_METRICS
+
+
+def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor,
+                     config: LossConfig, *, old_per_token_logps: Optional[torch.Tensor] = None,
+                     ref_per_token_logps: Optional[torch.Tensor] = None, entropies: Optional[torch.Tensor] = None,
+                     sampling_logps: Optional[torch.Tensor] = None,
+                     importance_sampling_ratio: Optional[torch.Tensor] = None,
+                     num_items_in_batch: Any = None, compute_grad: bool = True,
+                     fn: str = "loss_with_config") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`grpo_loss` with the hyper-parameters as one `grpo_swift.LossConfig`.
+
+    num_items_in_batch (a number or a 0-d tensor, as TRL passes it) overrides
+    config.num_items_in_batch for this call."""
+    if not isinstance(config, LossConfig):
+        raise TypeError(f"{fn}(): argument 'config' must be a grpo_swift.LossConfig, got {type(config).__name__}")
+    lp = check_tensor(per_token_logps, fn, "per_token_logps", ndim=(2,))
+    B, T = lp.shape
+    if B == 0:
+        raise ValueError(f"{fn}(): argument 'per_token_logps' must have at least one row, got shape {tuple(lp.shape)}")
+    old = _check_bt(old_per_token_logps, fn, "old_per_token_logps", lp)
+    ref = _check_bt(ref_per_token_logps, fn, "ref_per_token_logps", lp)
+    samp = _check_bt(sampling_logps, fn, "sampling_logps", lp)
+    ent = _check_bt(entropies, fn, "entropies", lp)
+    for t, arg in ((old, "old_per_token_logps"), (ref, "ref_per_token_logps"), (samp, "sampling_logps")):
+        if t is not None:
+            _constant(t, fn, arg)
+    aux = torch.float64 if lp.dtype == torch.float64 else torch.float32
+    adv = _check_rows(advantages, fn, "advantages", B, T, aux)
+    isr = _check_rows(importance_sampling_ratio, fn, "importance_sampling_ratio", B, T, aux)
+    mask = check_tensor(completion_mask, fn, "completion_mask", dtypes=_MASK_DTYPES, ndim=(2,))
+    if mask.shape != lp.shape:
+        raise ValueError(f"{fn}(): argument 'completion_mask' must have shape {tuple(lp.shape)} like "
+                         f"'per_token_logps', got {tuple(mask.shape)}")
+    if config.beta != 0.0 and ref is None:
+        raise ValueError(f"{fn}(): ref_per_token_logps is required when beta != 0 (beta={config.beta}): the KL "
+                         f"term needs the reference model's log-probs")
+    if config.top_entropy_quantile < 1.0 and ent is None:
+        raise ValueError(f"{fn}(): entropies are required when top_entropy_quantile < 1 "
+                         f"(got {config.top_entropy_quantile})")
+    if config.entropy_coef != 0.0 and ent is None:
+        raise ValueError(f"{fn}(): entropies are required when entropy_coef != 0 (got {config.entropy_coef})")
+    if config.loss_type == "vespo" and isr is not None and (isr.dim() == 1 or isr.shape[1] == 1) and T != 1:
+        raise ValueError(f"{fn}(): VESPO loss requires `vllm_importance_sampling_mode` to be either "
+                         f"'token_truncate' or 'token_mask': pass a per-token importance_sampling_ratio "
+                         f"of shape ({B}, {T}), got {tuple(isr.shape)}")
+    if not isinstance(compute_grad, bool):
+        raise TypeError(f"{fn}(): argument 'compute_grad' must be a bool, got {type(compute_grad).__name__}")
+    n_items = None
+    ints, floats = _split_config(config._native_args)
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a number or a one-element tensor, "
+                             f"got shape {tuple(num_items_in_batch.shape)}")
+        if num_items_in_batch.device.type != "cpu":
+            num_items_in_batch = num_items_in_batch.cpu()
+        n_items = num_items_in_batch.detach().reshape(()).to(torch.float64)
+    elif num_items_in_batch is not None:
+        n = num_items_in_batch
+        if isinstance(n, bool) or not isinstance(n, numbers.Real):
+            raise TypeError(f"{fn}(): argument 'num_items_in_batch' must be a number or a one-element tensor, "
+                            f"got {type(n).__name__}")
+        if not math.isfinite(n) or n < 0:
+            raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a finite number >= 0, got {n}")
+        floats[_NUM_ITEMS - _N_LEAD_INTS] = float(n)
+    need = compute_grad and torch.is_grad_enabled() and (
+        lp.requires_grad or (ent is not None and config.entropy_coef != 0.0 and ent.requires_grad))
+    if not need:
+        lp = lp.detach()
+        ent = None if ent is None else ent.detach()
+    loss, mvec, _, _ = _run(lp, adv, mask, old, ref, samp, ent, isr, n_items, ints, floats, need, fn)
+    values = mvec.unbind(0)
+    names = _metric_names(config, ref is not None, ent is not None)
+    return loss, {k: values[_METRIC_INDEX[k]] for k in names}
+
+
+def grpo_loss(per_token_logps: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor, *,
+              old_per_token_logps: Optional[torch.Tensor] = None, ref_per_token_logps: Optional[torch.Tensor] = None,
+              entropies: Optional[torch.Tensor] = None, sampling_logps: Optional[torch.Tensor] = None,
+              importance_sampling_ratio: Optional[torch.Tensor] = None, compute_grad: bool = True,
+              **options: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TRL 1.16's GRPO policy loss (`GRPOTrainer._compute_loss`) on torch tensors, differentiable.
+
+    Args:
+        per_token_logps: (B, T) float32/float64/bfloat16/float16 CPU tensor, usually requiring grad.
+        advantages: (B,), (B, 1) or (B, T) float tensor (a constant: must not require grad).
+        completion_mask: (B, T) 0/1 tensor (bool, integer or float).
+        old_per_token_logps, ref_per_token_logps, sampling_logps: (B, T), the dtype of
+            per_token_logps, constants (as TRL computes them under no_grad).
+        entropies: (B, T) like per_token_logps; differentiable when entropy_coef != 0.
+        importance_sampling_ratio: (B,), (B, 1) or (B, T) vLLM IS ratio (a constant).
+        compute_grad: False returns a loss without autograd history (saves the gradient pass).
+        **options: the hyper-parameters of `grpo_swift.grpo_loss` / `grpo_swift.LossConfig`
+            (loss_type, beta, epsilon, epsilon_high, delta, importance_sampling_level, ...);
+            num_items_in_batch may be a 0-d tensor (TRL passes one; under torch.compile pass a
+            tensor: a Python number that changes every step is a new constant to the graph).
+
+    Returns:
+        (loss, metrics): loss a 0-d tensor (float32; float64 for float64 log-probs); metrics a dict
+        of 0-d float64 tensors with TRL's logged names (kl, entropy, clip_ratio/..., ...) and
+        policy_loss, policy_term, kl_term, entropy_term, num_tokens, num_entropy_tokens,
+        num_off_policy_dropped (see `grpo_swift.LossResult`).
+    """
+    fn = "grpo_loss"
+    n_items = options.pop("num_items_in_batch", None)
+    config = _config_from_options(fn, tuple(options.items()))
+    return loss_with_config(per_token_logps, advantages, completion_mask, config,
+                            old_per_token_logps=old_per_token_logps, ref_per_token_logps=ref_per_token_logps,
+                            entropies=entropies, sampling_logps=sampling_logps,
+                            importance_sampling_ratio=importance_sampling_ratio, num_items_in_batch=n_items,
+                            compute_grad=compute_grad, fn=fn)
+
+
+class GRPOLoss(torch.nn.Module):
+    """The GRPO policy loss as a module holding one frozen `grpo_swift.LossConfig`.
+
+        loss_fn = GRPOLoss(LossConfig(loss_type="dapo", beta=0.04))   # or GRPOLoss(loss_type="dapo", beta=0.04)
+        loss, metrics = loss_fn(per_token_logps, advantages, completion_mask,
+                                old_per_token_logps=old, ref_per_token_logps=ref)
+
+    forward accepts the tensors of `grpo_swift.torch.grpo_loss` and `num_items_in_batch` (a
+    number or 0-d tensor that overrides the config's for this call, as TRL's changes per step).
+    """
+
+    def __init__(self, config: Optional[LossConfig] = None, **options: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = LossConfig.from_options("GRPOLoss", **options)
+        elif options:
+            raise TypeError(f"GRPOLoss(): pass either a LossConfig or keyword options, not both "
+                            f"(got config and {', '.join(sorted(options))})")
+        elif not isinstance(config, LossConfig):
+            raise TypeError(f"GRPOLoss(): argument 'config' must be a grpo_swift.LossConfig, got "
+                            f"{type(config).__name__}")
+        self.config = config
+
+    def forward(self, per_token_logps: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor,
+                old_per_token_logps: Optional[torch.Tensor] = None,
+                ref_per_token_logps: Optional[torch.Tensor] = None, entropies: Optional[torch.Tensor] = None, *,
+                sampling_logps: Optional[torch.Tensor] = None,
+                importance_sampling_ratio: Optional[torch.Tensor] = None,
+                num_items_in_batch: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return loss_with_config(per_token_logps, advantages, completion_mask, self.config,
+                                old_per_token_logps=old_per_token_logps, ref_per_token_logps=ref_per_token_logps,
+                                entropies=entropies, sampling_logps=sampling_logps,
+                                importance_sampling_ratio=importance_sampling_ratio,
+                                num_items_in_batch=num_items_in_batch, fn="GRPOLoss.forward")
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
