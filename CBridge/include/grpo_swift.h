@@ -492,6 +492,149 @@ grpo_status grpo_benchmark_sgemm_nt_f32(const float *a, const float *b, ptrdiff_
                                         ptrdiff_t n, ptrdiff_t k, float *c,
                                         char *err, size_t errlen);
 
+/* ==== advantage estimators: section owned by issue 11 ==== */
+
+/*
+ * Advantage estimators of the literature over EXPLICIT groups: rows with equal int64
+ * group_ids form a group (any values, any order, variable sizes); or, when group_ids is
+ * NULL, groups of cfg->num_generations consecutive rows. Within a group rows are visited in
+ * ascending row order, so results do not depend on how the ids are numbered or permuted.
+ *
+ * Notation: r_i the reward of row i; NaN marks an unscorable row (advantage 0, excluded from
+ * every statistic); +-inf is an error. k_g the scorable rows of group g, mu_g their mean,
+ * sd_g their Bessel-corrected std (two-pass, in double). N = n rows.
+ *
+ *   GRPO        A = (r - mu_g) / (s + eps), s = sd_g (scale_rewards GROUP), the std of all
+ *               scorable rewards (BATCH), or no division (NONE = Dr.GRPO). TRL 1.16.
+ *   RLOO        A = r - mean of the other scorable rows = (r - mu_g) k_g / (k_g - 1); with
+ *               normalize = 1 then (A - mean(A)) / (std(A) + eps) over scorable rows (TRL's
+ *               RLOOTrainer normalize_advantages).
+ *   OPO         A = r - sum_j L_j r_j / sum_j L_j (L = lengths[], response lengths >= 0); a
+ *               group whose lengths sum to 0 gets 0.
+ *   GPG         A = alpha (r - mu_g) / gpg_f_norm, alpha = N / max(M, 1); gpg_alpha_mode
+ *               INFORMATIVE: M = scorable rows of groups with max > min (the GPG paper);
+ *               NONZERO: M = scorable rows with r != 0 (verl); FIXED: alpha = gpg_alpha.
+ *   PASSK       per group the first row holding the maximum gets (r_max - r_second), divided
+ *               by (sd_g + eps) when scale_rewards is GROUP (NONE: no division; BATCH is an
+ *               error); every other row 0 (verl's GRPO pass@k).
+ *   REINFORCE_PP           token level: R_t = r_t + gamma R_{t+1} over kept tokens, reset to 0
+ *               after every masked-out position; then whitened over all kept tokens of all
+ *               scorable rows: (R - mean) / sqrt(var + eps), var Bessel-corrected.
+ *   REINFORCE_PP_BASELINE  token level: a_i = r_i - mu_g on each kept token, whitened as above.
+ *
+ * Singleton groups (exactly one scorable row), singleton policy:
+ *   ZERO (0)  advantage 0, and excluded from batch statistics of advantages (TRL GRPO/RLOO);
+ *   RAW (1)   baseline 0 and std 1: A = r / (1 + eps) (grpo, GROUP scale), r (rloo, opo,
+ *             rf++-baseline before whitening), alpha r / f_norm (gpg) -- verl's choice;
+ *   ERROR (2) GRPO_ERR_VALUE naming the group id (verl's pass@k). RAW is an error for PASSK.
+ * A group without scorable rows always gets 0. Unscorable rows always get 0.
+ */
+
+typedef enum grpo_estimator {
+    GRPO_EST_GRPO = 0,
+    GRPO_EST_RLOO = 1,
+    GRPO_EST_OPO = 2,
+    GRPO_EST_GPG = 3,
+    GRPO_EST_PASSK = 4,
+    GRPO_EST_REINFORCE_PP = 5,
+    GRPO_EST_REINFORCE_PP_BASELINE = 6
+} grpo_estimator;
+
+typedef enum grpo_singleton_policy {
+    GRPO_SINGLETON_ZERO = 0,
+    GRPO_SINGLETON_RAW = 1,
+    GRPO_SINGLETON_ERROR = 2
+} grpo_singleton_policy;
+
+typedef enum grpo_gpg_alpha {
+    GRPO_GPG_ALPHA_INFORMATIVE = 0,
+    GRPO_GPG_ALPHA_NONZERO = 1,
+    GRPO_GPG_ALPHA_FIXED = 2
+} grpo_gpg_alpha;
+
+typedef struct grpo_estimator_config {
+    /** Consecutive group size used when group_ids is NULL (>= 1; n must be a multiple). */
+    ptrdiff_t num_generations;
+    /** A grpo_estimator value. */
+    int32_t estimator;
+    /** A grpo_singleton_policy value. */
+    int32_t singleton;
+    /** A grpo_scale_rewards value (GRPO: any; PASSK: GROUP or NONE; others: ignored). */
+    int32_t scale_rewards;
+    /** RLOO: 1 = batch z-score of the advantages, 0 = none. Ignored otherwise. */
+    int32_t normalize;
+    /** A grpo_gpg_alpha value (GPG only). */
+    int32_t gpg_alpha_mode;
+    /** Unused; set to 0. */
+    int32_t reserved;
+    /** >= 0. Added to the std (GRPO, RLOO normalize, PASSK) or the variance (REINFORCE_PP*). */
+    double epsilon;
+    /** REINFORCE_PP discount in [0, 1]. */
+    double gamma;
+    /** GPG alpha when gpg_alpha_mode is FIXED (> 0). */
+    double gpg_alpha;
+    /** GPG f_norm (> 0). */
+    double gpg_f_norm;
+} grpo_estimator_config;
+
+/**
+ * One advantage per row (estimators GRPO, RLOO, OPO, GPG, PASSK).
+ *
+ * rewards:    (n) one scalar reward per row; NaN = unscorable.
+ * group_ids:  (n) int64 or NULL (then groups of cfg->num_generations consecutive rows).
+ * lengths:    (n) response lengths (finite, >= 0) for OPO; may be NULL for the others.
+ * advantages: (n) written.
+ */
+grpo_status grpo_estimator_advantages_f64(const double *rewards, ptrdiff_t n,
+                                          const int64_t *group_ids, const double *lengths,
+                                          const grpo_estimator_config *cfg, double *advantages,
+                                          char *err, size_t errlen);
+
+/** As grpo_estimator_advantages_f64 for float32 (double accumulation). */
+grpo_status grpo_estimator_advantages_f32(const float *rewards, ptrdiff_t n,
+                                          const int64_t *group_ids, const float *lengths,
+                                          const grpo_estimator_config *cfg, float *advantages,
+                                          char *err, size_t errlen);
+
+/**
+ * Token-level advantages (estimators REINFORCE_PP, REINFORCE_PP_BASELINE).
+ *
+ * rewards:       (n, reward_cols) with reward_cols 1 (an outcome reward, placed on the row's
+ *                last kept token) or t (token rewards; REINFORCE_PP only). NaN = unscorable
+ *                row (for token rewards: a NaN at a kept position; masked ones are ignored).
+ * response_mask: (n, t) uint8, nonzero = kept token.
+ * group_ids:     (n) or NULL (consecutive groups); used by REINFORCE_PP_BASELINE only.
+ * advantages:    (n, t) written; 0 at masked positions and on unscorable rows, and everywhere
+ *                when fewer than 2 tokens enter the whitening.
+ */
+grpo_status grpo_token_advantages_f64(const double *rewards, ptrdiff_t n, ptrdiff_t t,
+                                      ptrdiff_t reward_cols, const uint8_t *response_mask,
+                                      const int64_t *group_ids, const grpo_estimator_config *cfg,
+                                      double *advantages, char *err, size_t errlen);
+
+/** As grpo_token_advantages_f64 for float32 (double accumulation). */
+grpo_status grpo_token_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff_t t,
+                                      ptrdiff_t reward_cols, const uint8_t *response_mask,
+                                      const int64_t *group_ids, const grpo_estimator_config *cfg,
+                                      float *advantages, char *err, size_t errlen);
+
+/**
+ * DAPO dynamic sampling: zero_spread[i] = 1 when row i's group has zero reward spread, i.e.
+ * fewer than 2 scorable rows or max - min <= tolerance over its scorable rows (every row of
+ * the group, scorable or not, gets the group's flag); else 0.
+ * rewards (n); group_ids (n) or NULL with num_generations >= 1; tolerance finite >= 0.
+ */
+grpo_status grpo_zero_spread_groups_f64(const double *rewards, ptrdiff_t n,
+                                        const int64_t *group_ids, ptrdiff_t num_generations,
+                                        double tolerance, uint8_t *zero_spread,
+                                        char *err, size_t errlen);
+
+/** As grpo_zero_spread_groups_f64 for float32 rewards. */
+grpo_status grpo_zero_spread_groups_f32(const float *rewards, ptrdiff_t n,
+                                        const int64_t *group_ids, ptrdiff_t num_generations,
+                                        double tolerance, uint8_t *zero_spread,
+                                        char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

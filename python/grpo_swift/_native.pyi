@@ -45,3 +45,14 @@ def policy_loss(
     entropies: Any | None, advantages: Any, mask: Any, importance_sampling_ratio: Any | None,
     config: tuple, out_grad: Any | None, out_grad_entropies: Any | None, /
 ) -> tuple[float, ...]: ...
+def estimator_advantages(
+    rewards: Any, group_ids: Any | None, num_generations: int, lengths: Any | None,
+    config: tuple[int, int, int, int, int, float, float, float, float], out: Any, /
+) -> None: ...
+def token_advantages(
+    rewards: Any, response_mask: Any, group_ids: Any | None, num_generations: int,
+    config: tuple[int, int, int, int, int, float, float, float, float], out: Any, /
+) -> None: ...
+def zero_spread_groups(
+    rewards: Any, group_ids: Any | None, num_generations: int, tolerance: float, out: Any, /
+) -> None: ...

@@ -19,6 +19,7 @@ static PyMethodDef *const method_tables[] = {
     gs_advantages_methods,
     gs_loss_methods,
     gs_logprobs_methods,
+    gs_estimators_methods,
 };
 
 static int native_exec(PyObject *module) {
