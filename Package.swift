@@ -28,6 +28,8 @@ let package = Package(
             dependencies: ["CGRPOBridge", "CBLAS"],
             swiftSettings: [.unsafeFlags(simdFlags)] + (portable ? [] : [.define("GRPO_AVX2")])
         ),
+        // examples/swift: the Swift API from a small program (swift run grpo-swift-example).
+        .executableTarget(name: "grpo-swift-example", dependencies: ["GRPOSwift"], path: "examples/swift"),
         .testTarget(
             name: "GRPOSwiftTests",
             dependencies: ["GRPOSwift", "CGRPOBridge"]
