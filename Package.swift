@@ -28,6 +28,12 @@ let package = Package(
             dependencies: ["CGRPOBridge", "CBLAS"],
             swiftSettings: [.unsafeFlags(simdFlags)] + (portable ? [] : [.define("GRPO_AVX2")])
         ),
+        // Swift-native benchmark (no Python): `swift run -c release grpo-bench`.
+        .executableTarget(
+            name: "grpo-bench",
+            dependencies: ["GRPOSwift"],
+            path: "Benchmarks/GRPOBench"
+        ),
         .testTarget(
             name: "GRPOSwiftTests",
             dependencies: ["GRPOSwift", "CGRPOBridge"]
