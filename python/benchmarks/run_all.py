@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
     if "--no-scaling" not in skip and not names:
         png_dir = os.path.dirname(os.path.abspath(report)) if report else HERE
         rc, out, dt = run([sys.executable, os.path.join(HERE, "scaling.py"), *(["--quick"] if quick else []),
-                           "--png", os.path.join(png_dir, "scaling.png")], "scaling.py", cwd=HERE)
+                           "--png", os.path.join(png_dir, "scaling.png"), "--budget", "300"], "scaling.py", cwd=HERE)
         sections.append(("scaling.py", rc, out, dt))
         if rc != 0:
             failed.append("scaling.py")
