@@ -31,7 +31,7 @@ let package = Package(
         // Swift-native benchmark (no Python): `swift run -c release grpo-bench`.
         .executableTarget(
             name: "grpo-bench",
-            dependencies: ["GRPOSwift"],
+            dependencies: ["GRPOSwift", "CGRPOBridge"],
             path: "Benchmarks/GRPOBench"
         ),
         .testTarget(

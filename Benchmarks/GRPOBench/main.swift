@@ -8,6 +8,11 @@
 // Each timing includes what the Swift caller pays: the Array convenience APIs allocate their
 // outputs (as the Python calls do); the log-prob kernel writes into preallocated buffers, as
 // the Python benchmark passes `out=`.
+// The generic Swift entry points are not specialised across the module boundary (no
+// @inlinable / @_specialize), so a Swift client runs them unspecialised; the `SWIFT_C` lines
+// time the same kernels through the C ABI (specialised inside the library) from Swift, for
+// comparison. run_all.py's ratio uses the `SWIFT` (Swift API) lines.
+import CGRPOBridge
 import GRPOSwift
 import Glibc
 
@@ -69,6 +74,15 @@ do {
         sink += r.advantages[0]
     }
     report("advantages_N\(n)_G16", t, "Advantages.compute (Array API, allocates outputs)")
+    var cfg = grpo_advantages_config(num_generations: 16, scale_rewards: 0, aggregation: 0)
+    var err = [CChar](repeating: 0, count: 256)
+    let tC = medianTime(repeats: 7) {
+        var a = [Double](repeating: 0, count: n), m = a, s = a
+        var z = [UInt8](repeating: 0, count: n)
+        let st = grpo_group_advantages_f64(rewards, n, 1, nil, &cfg, &a, &m, &s, &z, &err, 256)
+        sink += a[0] + Double(st.rawValue)
+    }
+    print("SWIFT_C advantages_N\(n)_G16 median_s=\(tC)  (\(tC * 1e3) ms)  grpo_group_advantages_f64 via the C ABI")
 
     // 2. Policy loss + gradient, B=64 x T=1024 float32, dapo, beta=0.04, old + ref logps,
     //    uneven lengths (bench_loss.py).
@@ -135,6 +149,16 @@ do {
             }
         }
     }
+    var errL = [CChar](repeating: 0, count: 256)
+    let f32 = Int32(GRPO_F32.rawValue)
+    let tLpC = medianTime(repeats: 7) {
+        let s1 = grpo_selective_log_softmax(logits, f32, rows, vocab, targets, nil, 1, &outLp, &outH, &outLse,
+                                            &errL, 256)
+        let s2 = grpo_selective_log_softmax_backward(logits, f32, rows, vocab, targets, nil, 1, outLse, outH,
+                                                     gl, gh, &grad, f32, &errL, 256)
+        sink += Double(s1.rawValue) + Double(s2.rawValue)
+    }
+    print("SWIFT_C logprobs_fwd_bwd_N\(rows)_V\(vocab) median_s=\(tLpC)  (\(tLpC * 1e3) ms)  via the C ABI")
     report("logprobs_fwd_bwd_N\(rows)_V\(vocab)", tLp, "LogProbs.forward + backward (preallocated outputs)")
     if sink.isInfinite { print("sink \(sink)") }  // keeps the results alive
 } catch {

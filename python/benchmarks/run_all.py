@@ -152,6 +152,7 @@ def run(cmd: list[str], label: str, *, cwd: str, timeout: float | None = None) -
 
 
 SWIFT_LINE = re.compile(r"^SWIFT\s+(\S+)\s+median_s=([0-9.eE+-]+)")
+SWIFT_C_LINE = re.compile(r"^SWIFT_C\s+(\S+)\s+median_s=([0-9.eE+-]+)")
 PY_LINE = re.compile(r"^PYCALL\s+(\S+)\s+median_s=([0-9.eE+-]+)")
 
 
@@ -169,6 +170,9 @@ def swift_native(quick: bool) -> tuple[int, str, dict[str, float]]:
         m = SWIFT_LINE.match(line.strip())
         if m:
             times[m.group(1)] = float(m.group(2))
+        m = SWIFT_C_LINE.match(line.strip())
+        if m:
+            times["C:" + m.group(1)] = float(m.group(2))
     return rc2, out + out2, times
 
 
@@ -184,11 +188,14 @@ def python_calls(quick: bool) -> tuple[int, str, dict[str, float]]:
 
 
 def overhead_table(py: dict[str, float], sw: dict[str, float]) -> str:
-    lines = ["Python call / Swift-native (same kernel, same sizes, same run; > 1 = Python/C overhead)",
-             f"  {'kernel':<44} {'python':>12} {'swift':>12} {'ratio':>8}"]
+    lines = ["Python call / Swift-native (same kernel, same sizes, same run; > 1 = Python/C overhead).",
+             "swift = the public Swift API from a client module; swift->C = the C ABI called from Swift.",
+             f"  {'kernel':<36} {'python':>12} {'swift':>12} {'py/swift':>9} {'swift->C':>12} {'py/(swift->C)':>14}"]
     for k in sorted(set(py) & set(sw)):
-        lines.append(f"  {k:<44} {py[k] * 1e3:>10.3f}ms {sw[k] * 1e3:>10.3f}ms {py[k] / sw[k]:>7.2f}x")
-    if len(lines) == 2:
+        c = sw.get("C:" + k)
+        tail = f" {c * 1e3:>10.3f}ms {py[k] / c:>13.2f}x" if c else f" {'-':>12} {'-':>14}"
+        lines.append(f"  {k:<36} {py[k] * 1e3:>10.3f}ms {sw[k] * 1e3:>10.3f}ms {py[k] / sw[k]:>8.2f}x" + tail)
+    if len(lines) == 3:
         lines.append("  (no kernel measured by both)")
     return "\n".join(lines) + "\n"
 
