@@ -492,6 +492,241 @@ grpo_status grpo_benchmark_sgemm_nt_f32(const float *a, const float *b, ptrdiff_
                                         ptrdiff_t n, ptrdiff_t k, float *c,
                                         char *err, size_t errlen);
 
+/* ==== advantage estimators: section owned by issue 11 ==== */
+
+/*
+ * Advantage estimators of the literature over EXPLICIT groups: rows with equal int64
+ * group_ids form a group (any values, any order, variable sizes); or, when group_ids is
+ * NULL, groups of cfg->num_generations consecutive rows. Within a group rows are visited in
+ * ascending row order, so results do not depend on how the ids are numbered or permuted.
+ *
+ * Notation: r_i the reward of row i; NaN marks an unscorable row (advantage 0, excluded from
+ * every statistic); +-inf is an error. k_g the scorable rows of group g, mu_g their mean,
+ * sd_g their Bessel-corrected std (two-pass, in double). N = n rows.
+ *
+ *   GRPO        A = (r - mu_g) / (s + eps), s = sd_g (scale_rewards GROUP), the std of all
+ *               scorable rewards (BATCH), or no division (NONE = Dr.GRPO). TRL 1.16.
+ *   RLOO        A = r - mean of the other scorable rows = (r - mu_g) k_g / (k_g - 1); with
+ *               normalize = 1 then (A - mean(A)) / (std(A) + eps) over scorable rows (TRL's
+ *               RLOOTrainer normalize_advantages).
+ *   OPO         A = r - sum_j L_j r_j / sum_j L_j (L = lengths[], response lengths >= 0); a
+ *               group whose lengths sum to 0 gets 0.
+ *   GPG         A = alpha (r - mu_g) / gpg_f_norm, alpha = N / max(M, 1); gpg_alpha_mode
+ *               INFORMATIVE: M = scorable rows of groups with max > min (the GPG paper);
+ *               NONZERO: M = scorable rows with r != 0 (verl); FIXED: alpha = gpg_alpha.
+ *   PASSK       per group the first row holding the maximum gets (r_max - r_second), divided
+ *               by (sd_g + eps) when scale_rewards is GROUP (NONE: no division; BATCH is an
+ *               error); every other row 0 (verl's GRPO pass@k).
+ *   REINFORCE_PP           token level: R_t = r_t + gamma R_{t+1} over kept tokens, reset to 0
+ *               after every masked-out position; then whitened over all kept tokens of all
+ *               scorable rows: (R - mean) / sqrt(var + eps), var Bessel-corrected.
+ *   REINFORCE_PP_BASELINE  token level: a_i = r_i - mu_g on each kept token, whitened as above.
+ *
+ * Singleton groups (exactly one scorable row), singleton policy:
+ *   ZERO (0)  advantage 0, and excluded from batch statistics of advantages (TRL GRPO/RLOO);
+ *   RAW (1)   baseline 0 and std 1: A = r / (1 + eps) (grpo, GROUP scale), r (rloo, opo,
+ *             rf++-baseline before whitening), alpha r / f_norm (gpg) -- verl's choice;
+ *   ERROR (2) GRPO_ERR_VALUE naming the group id (verl's pass@k). RAW is an error for PASSK.
+ * A group without scorable rows always gets 0. Unscorable rows always get 0.
+ */
+
+typedef enum grpo_estimator {
+    GRPO_EST_GRPO = 0,
+    GRPO_EST_RLOO = 1,
+    GRPO_EST_OPO = 2,
+    GRPO_EST_GPG = 3,
+    GRPO_EST_PASSK = 4,
+    GRPO_EST_REINFORCE_PP = 5,
+    GRPO_EST_REINFORCE_PP_BASELINE = 6
+} grpo_estimator;
+
+typedef enum grpo_singleton_policy {
+    GRPO_SINGLETON_ZERO = 0,
+    GRPO_SINGLETON_RAW = 1,
+    GRPO_SINGLETON_ERROR = 2
+} grpo_singleton_policy;
+
+typedef enum grpo_gpg_alpha {
+    GRPO_GPG_ALPHA_INFORMATIVE = 0,
+    GRPO_GPG_ALPHA_NONZERO = 1,
+    GRPO_GPG_ALPHA_FIXED = 2
+} grpo_gpg_alpha;
+
+typedef struct grpo_estimator_config {
+    /** Consecutive group size used when group_ids is NULL (>= 1; n must be a multiple). */
+    ptrdiff_t num_generations;
+    /** A grpo_estimator value. */
+    int32_t estimator;
+    /** A grpo_singleton_policy value. */
+    int32_t singleton;
+    /** A grpo_scale_rewards value (GRPO: any; PASSK: GROUP or NONE; others: ignored). */
+    int32_t scale_rewards;
+    /** RLOO: 1 = batch z-score of the advantages, 0 = none. Ignored otherwise. */
+    int32_t normalize;
+    /** A grpo_gpg_alpha value (GPG only). */
+    int32_t gpg_alpha_mode;
+    /** Unused; set to 0. */
+    int32_t reserved;
+    /** >= 0. Added to the std (GRPO, RLOO normalize, PASSK) or the variance (REINFORCE_PP*). */
+    double epsilon;
+    /** REINFORCE_PP discount in [0, 1]. */
+    double gamma;
+    /** GPG alpha when gpg_alpha_mode is FIXED (> 0). */
+    double gpg_alpha;
+    /** GPG f_norm (> 0). */
+    double gpg_f_norm;
+} grpo_estimator_config;
+
+/**
+ * One advantage per row (estimators GRPO, RLOO, OPO, GPG, PASSK).
+ *
+ * rewards:    (n) one scalar reward per row; NaN = unscorable.
+ * group_ids:  (n) int64 or NULL (then groups of cfg->num_generations consecutive rows).
+ * lengths:    (n) response lengths (finite, >= 0) for OPO; may be NULL for the others.
+ * advantages: (n) written.
+ */
+grpo_status grpo_estimator_advantages_f64(const double *rewards, ptrdiff_t n,
+                                          const int64_t *group_ids, const double *lengths,
+                                          const grpo_estimator_config *cfg, double *advantages,
+                                          char *err, size_t errlen);
+
+/** As grpo_estimator_advantages_f64 for float32 (double accumulation). */
+grpo_status grpo_estimator_advantages_f32(const float *rewards, ptrdiff_t n,
+                                          const int64_t *group_ids, const float *lengths,
+                                          const grpo_estimator_config *cfg, float *advantages,
+                                          char *err, size_t errlen);
+
+/**
+ * Token-level advantages (estimators REINFORCE_PP, REINFORCE_PP_BASELINE).
+ *
+ * rewards:       (n, reward_cols) with reward_cols 1 (an outcome reward, placed on the row's
+ *                last kept token) or t (token rewards; REINFORCE_PP only). NaN = unscorable
+ *                row (for token rewards: a NaN at a kept position; masked ones are ignored).
+ * response_mask: (n, t) uint8, nonzero = kept token.
+ * group_ids:     (n) or NULL (consecutive groups); used by REINFORCE_PP_BASELINE only.
+ * advantages:    (n, t) written; 0 at masked positions and on unscorable rows, and everywhere
+ *                when fewer than 2 tokens enter the whitening.
+ */
+grpo_status grpo_token_advantages_f64(const double *rewards, ptrdiff_t n, ptrdiff_t t,
+                                      ptrdiff_t reward_cols, const uint8_t *response_mask,
+                                      const int64_t *group_ids, const grpo_estimator_config *cfg,
+                                      double *advantages, char *err, size_t errlen);
+
+/** As grpo_token_advantages_f64 for float32 (double accumulation). */
+grpo_status grpo_token_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff_t t,
+                                      ptrdiff_t reward_cols, const uint8_t *response_mask,
+                                      const int64_t *group_ids, const grpo_estimator_config *cfg,
+                                      float *advantages, char *err, size_t errlen);
+
+/**
+ * DAPO dynamic sampling: zero_spread[i] = 1 when row i's group has zero reward spread, i.e.
+ * fewer than 2 scorable rows or max - min <= tolerance over its scorable rows (every row of
+ * the group, scorable or not, gets the group's flag); else 0.
+ * rewards (n); group_ids (n) or NULL with num_generations >= 1; tolerance finite >= 0.
+ */
+grpo_status grpo_zero_spread_groups_f64(const double *rewards, ptrdiff_t n,
+                                        const int64_t *group_ids, ptrdiff_t num_generations,
+                                        double tolerance, uint8_t *zero_spread,
+                                        char *err, size_t errlen);
+
+/** As grpo_zero_spread_groups_f64 for float32 rewards. */
+grpo_status grpo_zero_spread_groups_f32(const float *rewards, ptrdiff_t n,
+                                        const int64_t *group_ids, ptrdiff_t num_generations,
+                                        double tolerance, uint8_t *zero_spread,
+                                        char *err, size_t errlen);
+/* ==== fused linear GRPO loss: section owned by issue 7 ==== */
+
+/*
+ * The GRPO loss straight from the last hidden states and the LM-head weight (Liger-Kernel's
+ * LigerFusedLinearGRPOLoss, TRL 1.16's loss): per-token lp and H of
+ * logits = (hidden weight^T + bias) * logit_scale (softcapped) / temperature as in
+ * grpo_fused_log_probs_f32, then exactly grpo_policy_loss on (lp, H), then the gradients
+ *   d loss/d logits_iv = g_i (1[v = t_i] - p_iv) - gH_i p_iv (log p_iv + H_i)  (through scale,
+ *   softcap, temperature), grad_hidden = G weight, grad_weight = G^T hidden, grad_bias = sum_i G,
+ * with g = d loss/d lp and gH = d loss/d H from the loss kernel. The n x vocab logits are never
+ * stored whole. Two schedules (same results within float32 rounding; loss and metrics always
+ * from one loss-kernel call on the whole batch):
+ *   3 GEMM passes (float32 inputs, top_entropy_quantile == 1, length x vocab x 4 bytes <=
+ *   scratch_budget): per block of whole sequences, sgemm the block's logits into scratch, fold
+ *   rows (lp, H), the loss kernel on the block (its normalisers depend only on the mask, so g is
+ *   exact after a known rescale), logits overwritten with G, then grad_hidden and grad_weight by
+ *   sgemm. Extra memory: one block's logits (<= scratch_budget).
+ *   4 GEMM passes (otherwise): pass 1 (one sgemm per tile + online log-sum-exp) over all rows,
+ *   the loss kernel, pass 2 (tile recomputed, overwritten with G, two sgemms). Extra memory: one
+ *   tile (grpo_fused_log_probs_scratch_bytes).
+ * Plus 24 bytes per row (28 with ref_hidden): grpo_fused_linear_loss_scratch_bytes.
+ * Results are bitwise identical for any thread count.
+ */
+
+/** Inputs of grpo_fused_linear_loss. n = batch * length rows; row-major, dense. */
+typedef struct grpo_fused_loss_inputs {
+    /** batch >= 1, length >= 0, hidden_size >= 1, vocab >= 1. */
+    ptrdiff_t batch;
+    ptrdiff_t length;
+    ptrdiff_t hidden_size;
+    ptrdiff_t vocab;
+    /** GRPO_F32 or GRPO_BF16 (uint16 bits): the type of hidden, weight, bias, ref_hidden,
+        ref_weight, ref_bias. Arithmetic and gradients are float32. */
+    int32_t dtype;
+    /** grpo_dtype of advantages and importance_sampling_ratio. */
+    int32_t aux_dtype;
+    /** (n, hidden_size), required. */
+    const void *hidden;
+    /** (vocab, hidden_size), required. */
+    const void *weight;
+    /** (vocab) or NULL. */
+    const void *bias;
+    /** (n) int64 token ids in [0, vocab); a negative id only where mask is 0 (not scored). */
+    const int64_t *selected_token_ids;
+    /** (n) 0/1. */
+    const uint8_t *mask;
+    /** (batch, advantages_cols), cols 1 or length. */
+    const void *advantages;
+    ptrdiff_t advantages_cols;
+    /** (n) float32 each, or NULL: old (NULL = on-policy), ref, sampler log-probs. */
+    const float *old_logps;
+    const float *ref_logps;
+    const float *sampling_logps;
+    /** Used when ref_logps is NULL: reference hidden (n, hidden_size), weight and bias (as
+        hidden/weight/bias; NULL = none): ref log-probs computed under no grad. */
+    const void *ref_hidden;
+    const void *ref_weight;
+    const void *ref_bias;
+    /** (batch, importance_sampling_ratio_cols) or NULL, cols 1 or length. */
+    const void *importance_sampling_ratio;
+    ptrdiff_t importance_sampling_ratio_cols;
+    /** Bytes of resident logits the 3-GEMM schedule may use (>= 0; 0 = the default,
+        min(256 MiB, n x vocab x 2): half the logits at most, never an n x vocab buffer).
+        A budget below length x vocab x 4 selects the 4-GEMM schedule. */
+    ptrdiff_t scratch_budget;
+} grpo_fused_loss_inputs;
+
+/**
+ * Loss, metrics and gradients in one call.
+ * grad_hidden (n, hidden_size), grad_weight (vocab, hidden_size), grad_bias (vocab; requires
+ * bias): float32, each NULL (not computed) or OVERWRITTEN. log_probs, entropy: (n) float32 or
+ * NULL, receive pass 1's per-token values. metrics: required (as grpo_policy_loss).
+ * Errors: NULL, SHAPE, DTYPE, VALUE as grpo_policy_loss and grpo_fused_log_probs_f32 (a target
+ * >= vocab, or < 0 at a valid position, is VALUE); NO_MEMORY when the scratch cannot be mapped.
+ */
+grpo_status grpo_fused_linear_loss(const grpo_fused_loss_inputs *inputs, const grpo_loss_config *loss_cfg,
+                                   const grpo_lm_head_config *head_cfg, float *grad_hidden,
+                                   float *grad_weight, float *grad_bias, float *log_probs,
+                                   float *entropy, grpo_loss_metrics *metrics, char *err, size_t errlen);
+
+/**
+ * Bytes of memory grpo_fused_linear_loss allocates besides its outputs (an upper bound) for
+ * batch x length rows (dtype GRPO_F32 or GRPO_BF16; ref_from_hidden 1 when ref log-probs come
+ * from ref_hidden; top_entropy_quantile_below_one 1 when that option is < 1; scratch_budget as
+ * in grpo_fused_loss_inputs).
+ */
+grpo_status grpo_fused_linear_loss_scratch_bytes(ptrdiff_t batch, ptrdiff_t length, ptrdiff_t hidden_size,
+                                                 ptrdiff_t vocab, const grpo_lm_head_config *head_cfg,
+                                                 int32_t dtype, int32_t ref_from_hidden,
+                                                 int32_t top_entropy_quantile_below_one,
+                                                 ptrdiff_t scratch_budget, ptrdiff_t *bytes, char *err,
+                                                 size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

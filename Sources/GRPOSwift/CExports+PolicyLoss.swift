@@ -69,7 +69,7 @@ func auxInput(_ p: UnsafeRawPointer?, _ count: Int, _ dtype: Int32, _ name: Stri
     case Int32(GRPO_F64.rawValue):
         return .f64(try inputView(p.assumingMemoryBound(to: Double.self), count, name))
     case Int32(GRPO_BF16.rawValue):
-        return .bf16(try inputView(p.assumingMemoryBound(to: BFloat16Bits.self), count, name))
+        return .bf16(try inputView(p.assumingMemoryBound(to: BFloat16.self), count, name))
     case Int32(GRPO_F16.rawValue):
         return .f16(try inputView(p.assumingMemoryBound(to: Float16.self), count, name))
     default:
@@ -132,7 +132,7 @@ public func grpo_policy_loss(
         switch in_.dtype {
         case Int32(GRPO_F32.rawValue): m = try policyLossC(in_, config, Float.self, grad, gradEntropies)
         case Int32(GRPO_F64.rawValue): m = try policyLossC(in_, config, Double.self, grad, gradEntropies)
-        case Int32(GRPO_BF16.rawValue): m = try policyLossC(in_, config, BFloat16Bits.self, grad, gradEntropies)
+        case Int32(GRPO_BF16.rawValue): m = try policyLossC(in_, config, BFloat16.self, grad, gradEntropies)
         case Int32(GRPO_F16.rawValue): m = try policyLossC(in_, config, Float16.self, grad, gradEntropies)
         default:
             throw GRPOError(.dtype, "dtype must be a grpo_dtype (0 f32, 1 f64, 2 bf16, 3 f16), got \(in_.dtype)")

@@ -209,18 +209,10 @@ extension Float16: LossStorage {
     @inline(__always) public var real: Float { Float(self) }
 }
 
-/// bfloat16 as its raw bits (the top half of a float32); same layout as UInt16.
-public struct BFloat16Bits: LossStorage, Equatable {
-    public var bits: UInt16
-    public init(bits: UInt16) { self.bits = bits }
-    /// Round-to-nearest-even conversion (NaN stays NaN).
-    public init(_ x: Float) {
-        let b = x.bitPattern
-        if x.isNaN { bits = UInt16(truncatingIfNeeded: (b >> 16) | 0x40); return }
-        let rounded = b &+ 0x7FFF &+ ((b >> 16) & 1)
-        bits = UInt16(truncatingIfNeeded: rounded >> 16)
-    }
-    @inline(__always) public var real: Float { Float(bitPattern: UInt32(bits) << 16) }
+/// bfloat16 log-probs are read through the one `BFloat16` storage type (LogitElements.swift):
+/// raw bits, the top half of a float32.
+extension BFloat16: LossStorage {
+    @inline(__always) public var real: Float { floatValue }
 }
 
 /// Advantages and importance-sampling ratios: small or per-token arrays of any dtype,
@@ -228,7 +220,7 @@ public struct BFloat16Bits: LossStorage, Equatable {
 public enum AuxValues {
     case f32(UnsafeBufferPointer<Float>)
     case f64(UnsafeBufferPointer<Double>)
-    case bf16(UnsafeBufferPointer<BFloat16Bits>)
+    case bf16(UnsafeBufferPointer<BFloat16>)
     case f16(UnsafeBufferPointer<Float16>)
 
     public var count: Int {

@@ -422,7 +422,7 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
     /// bf16 inputs give the f32 result of the bf16-rounded values.
     @Test func bf16MatchesRoundedF32() throws {
         let p = LossProblem(seed: 10)
-        let r = { (x: [Double]) in x.map { BFloat16Bits(Float($0)) } }
+        let r = { (x: [Double]) in x.map { BFloat16(Float($0)) } }
         let lp = r(p.lp), old = r(p.old), adv = p.adv.map { Float($0) }
         var cfg = makeConfig(.dapo, .sequence)
         cfg.numItemsInBatch = 30
@@ -432,7 +432,7 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
                     try p.mask.withUnsafeBufferPointer { mb in
                         var g = [Float](repeating: 0, count: p.B * p.T)
                         let m = try g.withUnsafeMutableBufferPointer { gb in
-                            try PolicyLoss.compute(PolicyLossInputs<BFloat16Bits>(
+                            try PolicyLoss.compute(PolicyLossInputs<BFloat16>(
                                 batch: p.B, length: p.T, logps: lpb, oldLogps: ob, advantages: .f32(ab),
                                 mask: mb), config: cfg, grad: gb, gradEntropies: nil)
                         }

@@ -25,6 +25,24 @@ from ._logprobs import (  # noqa: E402
     selective_log_softmax_backward,
     selective_log_softmax_forward,
 )
+from ._estimators import (  # noqa: E402
+    advantages,
+    dr_grpo_advantages,
+    gpg_advantages,
+    informative_rows,
+    opo_advantages,
+    passk_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    rloo_advantages,
+    zero_spread_groups,
+)
+from ._controllers import AdaptiveEntropyController, AdaptiveKLController  # noqa: E402
+from ._fused_loss import (  # noqa: E402
+    FusedLinearLossResult,
+    fused_linear_grpo_loss,
+    fused_linear_loss_scratch_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -43,6 +61,21 @@ __all__ = [
     "fused_log_probs_forward",
     "fused_log_probs_backward",
     "fused_log_probs_scratch_bytes",
+    "advantages",
+    "dr_grpo_advantages",
+    "rloo_advantages",
+    "opo_advantages",
+    "gpg_advantages",
+    "passk_advantages",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "zero_spread_groups",
+    "informative_rows",
+    "AdaptiveKLController",
+    "AdaptiveEntropyController",
+    "FusedLinearLossResult",
+    "fused_linear_grpo_loss",
+    "fused_linear_loss_scratch_bytes",
     "get_num_threads",
     "set_num_threads",
     "__version__",

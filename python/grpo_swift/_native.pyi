@@ -45,3 +45,26 @@ def policy_loss(
     entropies: Any | None, advantages: Any, mask: Any, importance_sampling_ratio: Any | None,
     config: tuple, out_grad: Any | None, out_grad_entropies: Any | None, /
 ) -> tuple[float, ...]: ...
+def estimator_advantages(
+    rewards: Any, group_ids: Any | None, num_generations: int, lengths: Any | None,
+    config: tuple[int, int, int, int, int, float, float, float, float], out: Any, /
+) -> None: ...
+def token_advantages(
+    rewards: Any, response_mask: Any, group_ids: Any | None, num_generations: int,
+    config: tuple[int, int, int, int, int, float, float, float, float], out: Any, /
+) -> None: ...
+def zero_spread_groups(
+    rewards: Any, group_ids: Any | None, num_generations: int, tolerance: float, out: Any, /
+) -> None: ...
+def fused_linear_loss(
+    fn: str, batch: int, length: int, hidden: Any, weight: Any, bias: Any | None, targets: Any, mask: Any,
+    advantages: Any, advantages_cols: int, old_logps: Any | None, ref_logps: Any | None,
+    sampling_logps: Any | None, ref_hidden: Any | None, ref_weight: Any | None, ref_bias: Any | None,
+    importance_sampling_ratio: Any | None, importance_sampling_ratio_cols: int, loss_config: tuple,
+    head_config: tuple, out_grad_hidden: Any | None, out_grad_weight: Any | None, out_grad_bias: Any | None,
+    out_log_probs: Any | None, out_entropy: Any | None, scratch_budget: int, /
+) -> tuple[float, ...]: ...
+def fused_linear_loss_scratch_bytes(
+    batch: int, length: int, hidden_size: int, vocab: int, head_config: tuple, dtype: int, ref_from_hidden: int,
+    top_entropy_quantile_below_one: int, scratch_budget: int, /
+) -> int: ...

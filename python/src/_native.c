@@ -19,6 +19,8 @@ static PyMethodDef *const method_tables[] = {
     gs_advantages_methods,
     gs_loss_methods,
     gs_logprobs_methods,
+    gs_estimators_methods,
+    gs_fused_loss_methods,
 };
 
 static int native_exec(PyObject *module) {

@@ -11,7 +11,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError("grpo_swift.torch needs PyTorch: pip install 'grpo-swift[torch]' (or pip install torch)") from exc
 
 from ._advantages import group_advantages
+from ._fused_loss import FusedLinearGRPOLoss, fused_linear_grpo_loss
 from ._logprobs import fused_log_probs, selective_log_softmax
 from ._loss import GRPOLoss, grpo_loss, loss_with_config
 
-__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss"]
+__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss",
+           "FusedLinearGRPOLoss", "fused_linear_grpo_loss"]
