@@ -1,7 +1,7 @@
 # grpo_swift — the commands a developer and CI use. Every target installs what it needs.
 #   make demo    build, install and run the demo
 #   make test    swift test + pytest (what CI runs)
-#   make bench   the benchmarks, ratios against their anchors
+#   make bench   the benchmarks, ratios against their anchors; writes docs/performance.md
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
@@ -29,7 +29,7 @@ demo: install
 	$(PY) examples/demo.py
 
 bench: install
-	$(PY) python/benchmarks/run_all.py
+	$(PY) python/benchmarks/run_all.py --report docs/performance.md
 
 # Issue-10 budgets: 8 Python threads x 1000 calls per kernel, 100,000 calls for the leak check.
 hardening: install
@@ -52,4 +52,4 @@ sanitize: setup
 	swift test --sanitize=thread --scratch-path .build-san-thread
 
 clean:
-	rm -rf .build .build-python .build-asan .build-san-* build build-asan dist python/grpo_swift.egg-info
+	rm -rf .build .build-python .build-asan .build-bench .build-san-* build build-asan dist python/grpo_swift.egg-info

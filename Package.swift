@@ -30,6 +30,12 @@ let package = Package(
         ),
         // examples/swift: the Swift API from a small program (swift run grpo-swift-example).
         .executableTarget(name: "grpo-swift-example", dependencies: ["GRPOSwift"], path: "examples/swift"),
+        // Swift-native benchmark (no Python): `swift run -c release grpo-bench`.
+        .executableTarget(
+            name: "grpo-bench",
+            dependencies: ["GRPOSwift", "CGRPOBridge"],
+            path: "Benchmarks/GRPOBench"
+        ),
         .testTarget(
             name: "GRPOSwiftTests",
             dependencies: ["GRPOSwift", "CGRPOBridge"]
