@@ -21,7 +21,6 @@ static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_
     if (gs_int32_arg(args[4], fn, "aggregation", &agg) < 0) return NULL;
 
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     Py_buffer *rewards = gs_acquire(&set, args[0], fn, "rewards", GS_ANY_FLOAT, -1, 0, 0);
     if (!rewards) goto exit;
     if (rewards->ndim != 1 && rewards->ndim != 2) {
@@ -64,14 +63,10 @@ static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_
                                        std->buf, zero->buf, err, sizeof err);
     }
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 PyMethodDef gs_advantages_methods[] = {

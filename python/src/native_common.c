@@ -164,3 +164,9 @@ int gs_double_arg(PyObject *obj, const char *func, const char *arg, double *out)
     *out = v;
     return 0;
 }
+
+PyObject *gs_finish(gs_buffers *set, grpo_status status, const char *func, const char *msg) {
+    gs_release(set);
+    if (status != GRPO_OK) return gs_raise_status(status, func, msg);
+    Py_RETURN_NONE;
+}

@@ -52,6 +52,10 @@ int gs_int32_arg(PyObject *obj, const char *func, const char *arg, int32_t *out)
 /* Reads a Python float (or int) into a double; 0 on success. */
 int gs_double_arg(PyObject *obj, const char *func, const char *arg, double *out);
 
+/* Ends a wrapper after its kernel ran: releases the buffers, then returns None on GRPO_OK or
+ * raises the status's exception (returns NULL). Early failures still `goto exit`. */
+PyObject *gs_finish(gs_buffers *set, grpo_status status, const char *func, const char *msg);
+
 /* Maps a non-OK status plus the kernel's message to an exception; returns NULL. */
 PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg);
 

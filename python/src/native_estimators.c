@@ -68,7 +68,6 @@ static PyObject *est_estimator_advantages(PyObject *self, PyObject *const *args,
     if (est_config(args[4], fn, g, &cfg) < 0) return NULL;
 
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     int dtype = -1;
     Py_buffer *rewards = acquire_rewards(&set, args[0], fn, 1, 1, &dtype);
     if (!rewards) goto exit;
@@ -94,14 +93,10 @@ static PyObject *est_estimator_advantages(PyObject *self, PyObject *const *args,
                                            err, sizeof err);
     }
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 /* token_advantages(rewards, response_mask, group_ids, num_generations, config, out) -> None
@@ -119,7 +114,6 @@ static PyObject *est_token_advantages(PyObject *self, PyObject *const *args, Py_
     if (est_config(args[4], fn, g, &cfg) < 0) return NULL;
 
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     int dtype = -1;
     Py_buffer *rewards = acquire_rewards(&set, args[0], fn, 1, 2, &dtype);
     if (!rewards) goto exit;
@@ -150,14 +144,10 @@ static PyObject *est_token_advantages(PyObject *self, PyObject *const *args, Py_
                                        err, sizeof err);
     }
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 /* zero_spread_groups(rewards, group_ids, num_generations, tolerance, out_bool) -> None */
@@ -174,7 +164,6 @@ static PyObject *est_zero_spread(PyObject *self, PyObject *const *args, Py_ssize
     if (gs_double_arg(args[3], fn, "tolerance", &tol) < 0) return NULL;
 
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     int dtype = -1;
     Py_buffer *rewards = acquire_rewards(&set, args[0], fn, 1, 1, &dtype);
     if (!rewards) goto exit;
@@ -196,14 +185,10 @@ static PyObject *est_zero_spread(PyObject *self, PyObject *const *args, Py_ssize
         st = grpo_zero_spread_groups_f64(rewards->buf, n, ids->buf, g, tol, out->buf, err, sizeof err);
     }
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 PyMethodDef gs_estimators_methods[] = {

@@ -59,7 +59,6 @@ static PyObject *lp_selective_log_softmax(PyObject *self, PyObject *const *args,
     if (gs_int32_arg(args[1], fn, "dtype", &dtype) < 0) return NULL;
     if (gs_double_arg(args[4], fn, "temperature", &temperature) < 0) return NULL;
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     Py_buffer *logits = gs_acquire(&set, args[0], fn, "logits", GS_ANY_FLOAT, 2, 0, 0);
     if (!logits || lp_logits_dtype(logits, dtype, fn, "logits") < 0) goto exit;
     gs_kind out_kind = dtype == GRPO_F64 ? GS_F64 : GS_F32;
@@ -80,14 +79,10 @@ static PyObject *lp_selective_log_softmax(PyObject *self, PyObject *const *args,
     st = grpo_selective_log_softmax(logits->buf, dtype, n, v, targets->buf, mask->buf, temperature,
                                     lp->buf, ent->buf, lse->buf, err, sizeof err);
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 /*
@@ -105,7 +100,6 @@ static PyObject *lp_selective_log_softmax_backward(PyObject *self, PyObject *con
     if (gs_double_arg(args[4], fn, "temperature", &temperature) < 0) return NULL;
     if (gs_int32_arg(args[10], fn, "grad_dtype", &grad_dtype) < 0) return NULL;
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     Py_buffer *logits = gs_acquire(&set, args[0], fn, "logits", GS_ANY_FLOAT, 2, 0, 0);
     if (!logits || lp_logits_dtype(logits, dtype, fn, "logits") < 0) goto exit;
     gs_kind row_kind = dtype == GRPO_F64 ? GS_F64 : GS_F32;
@@ -134,14 +128,10 @@ static PyObject *lp_selective_log_softmax_backward(PyObject *self, PyObject *con
                                              lse->buf, ent->buf, glp->buf, gent->buf, out->buf, grad_dtype,
                                              err, sizeof err);
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 /* Reads (temperature, logit_scale, final_logit_softcapping, tile_rows, tile_cols) at args[i..]. */
@@ -198,7 +188,6 @@ static PyObject *lp_fused_log_probs(PyObject *self, PyObject *const *args, Py_ss
     grpo_lm_head_config cfg;
     if (lp_head_config(args + 4, fn, &cfg) < 0) return NULL;
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     Py_buffer *hidden, *weight, *bias, *targets;
     int bf16 = 0;
     if (lp_head_inputs(&set, args, fn, &hidden, &weight, &bias, &targets, &bf16) < 0) goto exit;
@@ -220,14 +209,10 @@ static PyObject *lp_fused_log_probs(PyObject *self, PyObject *const *args, Py_ss
         st = grpo_fused_log_probs_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
                                       lp->buf, ent->buf, lse->buf, err, sizeof err);
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 /*
@@ -242,7 +227,6 @@ static PyObject *lp_fused_log_probs_backward(PyObject *self, PyObject *const *ar
     grpo_lm_head_config cfg;
     if (lp_head_config(args + 4, fn, &cfg) < 0) return NULL;
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     Py_buffer *hidden, *weight, *bias, *targets;
     int bf16 = 0;
     if (lp_head_inputs(&set, args, fn, &hidden, &weight, &bias, &targets, &bf16) < 0) goto exit;
@@ -277,14 +261,10 @@ static PyObject *lp_fused_log_probs_backward(PyObject *self, PyObject *const *ar
                                                lse->buf, ent->buf, glp->buf, gent->buf, gh->buf, gw->buf, gb->buf,
                                                err, sizeof err);
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 /* fused_log_probs_scratch_bytes(n, hidden_size, vocab, temperature, logit_scale, softcap,
@@ -316,7 +296,6 @@ static PyObject *lp_benchmark_sgemm_nt(PyObject *self, PyObject *const *args, Py
     (void)self;
     LP_CHECK_NARGS(fn, 3);
     gs_buffers set = {.count = 0};
-    PyObject *result = NULL;
     Py_buffer *a = gs_acquire(&set, args[0], fn, "a", GS_F32, 2, 0, 0);
     Py_buffer *b = a ? gs_acquire(&set, args[1], fn, "b", GS_F32, 2, 0, 0) : NULL;
     Py_buffer *c = b ? gs_acquire(&set, args[2], fn, "out_c", GS_F32, 2, 1, 0) : NULL;
@@ -331,14 +310,10 @@ static PyObject *lp_benchmark_sgemm_nt(PyObject *self, PyObject *const *args, Py
     Py_BEGIN_ALLOW_THREADS
     st = grpo_benchmark_sgemm_nt_f32(a->buf, b->buf, m, n, k, c->buf, err, sizeof err);
     Py_END_ALLOW_THREADS
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = Py_NewRef(Py_None);
+    return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
-    return result;
+    return NULL;
 }
 
 PyMethodDef gs_logprobs_methods[] = {
