@@ -29,7 +29,7 @@ demo: install
 	$(PY) examples/demo.py
 
 bench: install
-	$(PY) python/benchmarks/run_all.py --report docs/performance.md
+	$(PY) python/benchmarks/run_all.py --report docs/performance.md --readme
 
 # Issue-10 budgets: 8 Python threads x 1000 calls per kernel, 100,000 calls for the leak check.
 hardening: install

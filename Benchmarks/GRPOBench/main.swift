@@ -160,6 +160,73 @@ do {
     }
     print("SWIFT_C logprobs_fwd_bwd_N\(rows)_V\(vocab) median_s=\(tLpC)  (\(tLpC * 1e3) ms)  via the C ABI")
     report("logprobs_fwd_bwd_N\(rows)_V\(vocab)", tLp, "LogProbs.forward + backward (preallocated outputs)")
+
+    // 4. Per-call overhead: the smallest calls (the same sizes as swift_overhead.py's percall_*),
+    //    through the C ABI from Swift, so run_all.py's ratio is the Python boundary's own cost
+    //    (validation, buffer acquisition, output allocation, GIL release) per call.
+    var err4 = [CChar](repeating: 0, count: 256)
+    let r8: [Double] = [0.1, 0.9, 0.4, 0.4, 1.0, 0.0, 0.7, 0.3]
+    var a8 = [Double](repeating: 0, count: 8), m8 = a8, s8 = a8
+    var z8 = [UInt8](repeating: 0, count: 8)
+    var cfg8 = grpo_advantages_config(num_generations: 8, scale_rewards: 0, aggregation: 0)
+    let tAdv8 = medianTime(repeats: 21, inner: 2000) {
+        let st = grpo_group_advantages_f64(r8, 8, 1, nil, &cfg8, &a8, &m8, &s8, &z8, &err4, 256)
+        sink += a8[0] + Double(st.rawValue)
+    }
+    print("SWIFT_C percall_advantages_N8 median_s=\(tAdv8)  (\(tAdv8 * 1e6) us)  grpo_group_advantages_f64, N=8")
+    let tAdv8S = try medianTime(repeats: 21, inner: 2000) {
+        sink += try Advantages.compute(rewards: r8, config: AdvantagesConfig(numGenerations: 8)).advantages[0]
+    }
+    report("percall_advantages_N8", tAdv8S, "Advantages.compute, N=8 (Array API)")
+
+    let lp8: [Float] = [-0.5, -1.0, -0.25, -2.0, -0.1, -0.7, -1.5, -0.3]
+    let ref8 = lp8.map { $0 + 0.05 }
+    let adv1: [Float] = [0.5]
+    let mask8 = [UInt8](repeating: 1, count: 8)
+    var grad8 = [Float](repeating: 0, count: 8)
+    var lcfg = grpo_loss_config()
+    lcfg.loss_type = Int32(GRPO_LOSS_DAPO.rawValue)
+    lcfg.beta = 0.04; lcfg.epsilon = 0.2; lcfg.epsilon_high = 0.2; lcfg.top_entropy_quantile = 1
+    lcfg.sapo_temperature_pos = 1; lcfg.sapo_temperature_neg = 1.05
+    lcfg.vespo_k_pos = 2; lcfg.vespo_lambda_pos = 3; lcfg.vespo_k_neg = 3; lcfg.vespo_lambda_neg = 2
+    lcfg.num_items_in_batch = -1; lcfg.num_processes = 1; lcfg.gradient_accumulation_steps = 1
+    var metrics = grpo_loss_metrics()
+    let tLoss8 = lp8.withUnsafeBufferPointer { lp in
+        ref8.withUnsafeBufferPointer { ref in
+            adv1.withUnsafeBufferPointer { adv in
+                mask8.withUnsafeBufferPointer { m in
+                    var inputs = grpo_loss_inputs()
+                    inputs.batch = 1; inputs.length = 8
+                    inputs.dtype = Int32(GRPO_F32.rawValue); inputs.aux_dtype = Int32(GRPO_F32.rawValue)
+                    inputs.logps = UnsafeRawPointer(lp.baseAddress); inputs.ref_logps = UnsafeRawPointer(ref.baseAddress)
+                    inputs.advantages = UnsafeRawPointer(adv.baseAddress); inputs.advantages_cols = 1
+                    inputs.mask = m.baseAddress
+                    return medianTime(repeats: 21, inner: 2000) {
+                        let st = grpo_policy_loss(&inputs, &lcfg, &grad8, nil, &metrics, &err4, 256)
+                        sink += metrics.loss + Double(st.rawValue)
+                    }
+                }
+            }
+        }
+    }
+    print("SWIFT_C percall_loss_B1_T8 median_s=\(tLoss8)  (\(tLoss8 * 1e6) us)  grpo_policy_loss, dapo + KL, B=1, T=8")
+    var lc8 = LossConfig(lossType: .dapo)
+    lc8.beta = 0.04
+    let tLoss8S = try medianTime(repeats: 21, inner: 2000) {
+        sink += try PolicyLoss.compute(batch: 1, length: 8, logps: lp8, advantages: adv1, mask: mask8,
+                                       refLogps: ref8, config: lc8).metrics.loss
+    }
+    report("percall_loss_B1_T8", tLoss8S, "PolicyLoss.compute, B=1, T=8 (Array API)")
+
+    let x16: [Float] = (0..<16).map { Float($0 % 5) * 0.5 - 1 }
+    let t1: [Int64] = [3]
+    var lp1 = [Float](repeating: 0, count: 1), h1 = lp1
+    var lse1 = [Double](repeating: 0, count: 1)
+    let tLs = medianTime(repeats: 21, inner: 2000) {
+        let st = grpo_selective_log_softmax(x16, f32, 1, 16, t1, nil, 1, &lp1, &h1, &lse1, &err4, 256)
+        sink += Double(lp1[0]) + Double(st.rawValue)
+    }
+    print("SWIFT_C percall_logprobs_N1_V16 median_s=\(tLs)  (\(tLs * 1e6) us)  grpo_selective_log_softmax, 1 x 16")
     if sink.isInfinite { print("sink \(sink)") }  // keeps the results alive
 } catch {
     print("grpo-bench: error: \(error)")

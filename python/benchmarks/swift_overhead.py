@@ -51,6 +51,24 @@ def main() -> None:
     t = median_time(lp_fwd_bwd, repeats=7)
     report(f"logprobs_fwd_bwd_N{rows}_V{vocab}", t, "selective_log_softmax_forward + _backward(out=)")
 
+    # Per-call overhead of the Python boundary: the smallest calls, the same data as grpo-bench's
+    # percall_* lines (which time the C ABI from Swift). Python pays argument validation, buffer
+    # acquisition, output allocation and the GIL release on top of the kernel.
+    r8 = np.array([0.1, 0.9, 0.4, 0.4, 1.0, 0.0, 0.7, 0.3])
+    t = median_time(lambda: grpo_swift.group_advantages(r8, 8), repeats=21, inner=2000)
+    report("percall_advantages_N8", t, "grpo_swift.group_advantages, N=8")
+    lp8 = np.array([[-0.5, -1.0, -0.25, -2.0, -0.1, -0.7, -1.5, -0.3]], dtype=np.float32)
+    ref8 = (lp8 + np.float32(0.05)).astype(np.float32)
+    adv1 = np.array([0.5], dtype=np.float32)
+    mask8 = np.ones((1, 8), dtype=bool)
+    t = median_time(lambda: grpo_swift.grpo_loss(lp8, adv1, mask8, ref_logps=ref8, loss_type="dapo", beta=0.04),
+                    repeats=21, inner=2000)
+    report("percall_loss_B1_T8", t, "grpo_swift.grpo_loss, dapo + KL, B=1, T=8 (loss + grad + metrics)")
+    x16 = ((np.arange(16) % 5) * 0.5 - 1).astype(np.float32)[None, :]
+    t1 = np.array([3])
+    t = median_time(lambda: grpo_swift.selective_log_softmax(x16, t1, return_entropy=True), repeats=21, inner=2000)
+    report("percall_logprobs_N1_V16", t, "grpo_swift.selective_log_softmax(return_entropy=True), 1 x 16")
+
 
 if __name__ == "__main__":
     main()

@@ -54,3 +54,50 @@ def test_scaling_quick(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "x" in res.stdout and png.stat().st_size > 1000
+
+
+def _run_all():
+    sys.path.insert(0, BENCH)
+    try:
+        import run_all
+    finally:
+        sys.path.remove(BENCH)
+    return run_all
+
+
+def test_summary_block_rewritten_between_markers(tmp_path):
+    """make bench's --readme rewrites only what stands between the bench markers, with the report
+    link relative to each file, and refuses a file without markers."""
+    run_all = _run_all()
+    (tmp_path / "docs").mkdir()
+    readme = tmp_path / "README.md"
+    guide = tmp_path / "docs" / "guide.md"
+    readme.write_text("# t\nbefore\n<!-- bench:begin (generated) -->\nold table\n<!-- bench:end -->\nafter\n")
+    guide.write_text("g\n<!-- bench:begin -->\n<!-- bench:end -->\n")
+    goals = [("MET", "goal < 5 us: MET (4.06 us)", "bench_advantages.py: per call"),
+             ("NOT MET", "goal >= 8x: NOT MET (2.4x)", "bench_torch_loss.py: B=64")]
+    extra = "  percall_loss_B1_T8   20.00us   -   -   1.00us   20.00x   19.00us\n"
+    body = run_all.summary_markdown(started="2026-12-01", load_start="0.50 0.40 0.30 (1, 5, 15 min)",
+                                    load_end="0.60 0.50 0.40 (1, 5, 15 min)", report="docs/performance.md",
+                                    goals=goals, extra=extra)
+    run_all.write_summaries(body, "docs/performance.md", root=str(tmp_path))
+    text = readme.read_text()
+    assert text.startswith("# t\nbefore\n<!-- bench:begin (generated) -->\n") and text.endswith(
+        "<!-- bench:end -->\nafter\n")
+    assert "old table" not in text and "1 of 2 goals met" in text and "**NOT MET**" in text
+    assert "](docs/performance.md)" in text and "percall_loss_B1_T8" in text and "0.50 0.40 0.30" in text
+    assert "](performance.md)" in guide.read_text()
+    (tmp_path / "README.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        run_all.write_summaries(body, "docs/performance.md", root=str(tmp_path))
+
+
+def test_repository_docs_have_bench_blocks():
+    """README.md and docs/guide.md carry the generated performance block make bench rewrites."""
+    run_all = _run_all()
+    root = os.path.dirname(os.path.dirname(BENCH))
+    for rel in run_all.SUMMARY_FILES:
+        with open(os.path.join(root, rel)) as f:
+            text = f.read()
+        assert text.count(run_all.BEGIN_MARK) == 1 and text.count(run_all.END_MARK) == 1, rel
+        assert "goals met in this run" in text, rel
