@@ -229,7 +229,7 @@ class LossConfig:
         if self.loss_type in _CLIPPED or self.loss_type == "gmpo":
             names += ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
                       "clip_ratio/low_min", "clip_ratio/high_max"]
-            if getattr(self, "clip_ratio_c", None) is not None:
+            if self.clip_ratio_c is not None:
                 names.append("pg_clipfrac_lower")
         elif self.loss_type == "cispo":
             names.append("cispo_clip_ratio")
