@@ -406,7 +406,10 @@ typedef struct grpo_loss_metrics {
  * f64), every sum in double. Parallel over rows; bitwise identical for any thread count.
  * Errors: NULL (required pointer), SHAPE (sizes, cols), DTYPE, VALUE (unknown enum, invalid
  * hyper-parameter, missing ref_logps with beta != 0, missing max_completion_length for dr_grpo,
- * non-positive normalisers, a mask byte other than 0/1, vespo with a per-sequence IS ratio).
+ * non-positive normalisers, a mask byte other than 0/1, vespo with a per-sequence IS ratio;
+ * gmpo with (B,T) advantages, an IS ratio, a non-token level, delta, bias-corrected KL or the
+ * off-policy mask; kl_clamp <= 0 or not finite; clip_ratio_c <= 1, not finite, or with a
+ * non-clipped loss type; an unknown kl_estimator).
  */
 grpo_status grpo_policy_loss(const grpo_loss_inputs *inputs, const grpo_loss_config *cfg,
                              void *grad, void *grad_entropies, grpo_loss_metrics *metrics,
