@@ -178,7 +178,8 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  *          epsilon is 0.4: pass it, this kernel has no per-loss default), z_t = min(log_ratio_t, c_t)
  *          if A > 0 else max(log_ratio_t, c_t), e = m times the high-entropy mask,
  *          coef_i = exp(sum_t(z e)_i / max(sum_t e_i, 1)), row loss -coef_i A_i + beta mean_t(kl m)_i,
- *          loss = mean over the B rows / GA (the entropy mask acts only inside the geometric mean).
+ *          loss = mean over the B rows / GA (the entropy mask acts only inside the geometric mean;
+ *          entropy_coef adds the entropy bonus below as for every loss type, TRL's GMPOTrainer has none).
  *          Gradient: d loss / d lp_t = (-coef_i A_i e_t dz_t / max(sum e_i, 1) + beta dkl_t / max(L_i,1)) / (B GA)
  *          with torch's clamp/min/max gradients (dz = 1 unclipped, 0 clipped, 1/2 on a bound).
  *          Metrics: clip_ratio/low_mean, high_mean, region_mean = token means of [log_ratio < -epsilon
