@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-CORE_FUNCTIONS = ("kl_penalty", "kl_penalty_forward", "compute_policy_loss_vanilla", "agg_loss")
+CORE_FUNCTIONS = ("kl_penalty", "kl_penalty_forward", "compute_policy_loss_vanilla", "compute_policy_loss_geo_mean",
+                  "agg_loss")
 TORCH_FUNCTIONAL = ("masked_sum", "masked_mean")
 
 
@@ -48,7 +49,7 @@ class _Annotation:
 
 
 class ActorConfig:
-    """The fields of verl's ActorConfig that compute_policy_loss_vanilla reads."""
+    """The fields of verl's ActorConfig that compute_policy_loss_vanilla / _geo_mean read."""
 
     def __init__(self, clip_ratio: float, clip_ratio_low: float | None = None, clip_ratio_high: float | None = None,
                  clip_ratio_c: float = 3.0):

@@ -348,6 +348,27 @@ def test_gmpo_matches_trl_experimental_trainer(old_given, quantile, beta, dtype)
             assert metrics["clip_ratio/region_mean"] > 0
 
 
+@needs_verl
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_gmpo_matches_verl_geo_mean(dtype):
+    """verl's compute_policy_loss_geo_mean (GMPO, its own code) is the same objective without KL and
+    without TRL's entropy mask: per-row advantages, mean over rows. It divides by (L + 1e-8)
+    where TRL (and we) divide by max(L, 1), hence rtol 1e-7; a row without tokens gives 0 there
+    too. (Its pg_clipfrac metrics count clipping differently from TRL's clip_ratio: not compared.)"""
+    npd = np.float64 if dtype == torch.float64 else np.float32
+    lp, old, ref, ent, adv, mask = problem(81, dtype=npd, spread=0.8)
+    r = ours(lp, adv, mask, old=old, loss_type="gmpo", epsilon=0.3, epsilon_high=0.45)
+    x = torch.tensor(lp, requires_grad=True)
+    a = torch.tensor(np.repeat(adv[:, None], lp.shape[1], 1))
+    cfg = VERL.ActorConfig(clip_ratio=0.3, clip_ratio_low=0.3, clip_ratio_high=0.45)
+    loss, _ = VERL.compute_policy_loss_geo_mean(torch.tensor(old), x, a, torch.tensor(mask, dtype=dtype),
+                                                "token-mean", cfg)
+    loss.backward()
+    t = dict(rtol=1e-7, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(r.loss, loss.item(), **t)
+    np.testing.assert_allclose(r.grad, x.grad.numpy(), **t)
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_gmpo_with_kl_estimators_matches_reference(estimator):
     for dtype in (np.float64, np.float32):
