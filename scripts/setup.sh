@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up: Debian packages, the Swift toolchain check, a virtual
-# environment with the Python dependencies (runtime + test extras of pyproject.toml).
+# environment with the Python dependencies (runtime + test extras of pyproject.toml, and the
+# test-only references of [tool.grpo_swift] test-no-deps, installed without their dependencies).
 # Quick when everything is already there. Usage: scripts/setup.sh [VENV_DIR] [PYTHON]
 set -euo pipefail
 VENV=${1:-.venv}
@@ -47,5 +48,18 @@ PY
 )
     mapfile -t reqs <<<"$deps"
     "$VENV/bin/python" -m pip install -q "${reqs[@]}" || die "pip install of ${reqs[*]} failed"
+    # Test-only references installed without their dependencies ([tool.grpo_swift] test-no-deps):
+    # the tests read their source files and never import them (verl would pull in ray, vllm, ...).
+    nodeps=$("$VENV/bin/python" - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f).get("tool", {}).get("grpo_swift", {}).get("test-no-deps", [])))
+PY
+)
+    if [ -n "$nodeps" ]; then
+        mapfile -t nodeps_reqs <<<"$nodeps"
+        "$VENV/bin/python" -m pip install -q --no-deps "${nodeps_reqs[@]}" \
+            || die "pip install --no-deps of ${nodeps_reqs[*]} failed"
+    fi
     echo "$want" >"$stamp"
 fi

@@ -150,6 +150,9 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  *   log_ratio = lp - old (old = stop_grad(lp) when old_logps is NULL: ratio 1 with gradient)
  *   token level:    r_it = exp(log_ratio_it)
  *   sequence level: r_i  = exp(sum_t(log_ratio m)_i / max(L_i, 1))          (GSPO)
+ *   sequence_token: r_it = sg(s_i) exp(lp_t - sg(lp_t)), s_i the sequence-level ratio (GSPO-token,
+ *                   TRL's former trl.experimental.gspo_token): the value of s_i, the gradient of a
+ *                   token-level ratio, d r_it / d lp_t = s_i (own token only). Metrics per token.
  *   grpo/bnpo/dr_grpo/dapo/luspo: c2 = clamp(r, 1-epsilon, 1+epsilon_high),
  *        c1 = r (min(r, delta) when use_delta), l = -min(c1 A, c2 A)
  *        (torch.min/clamp gradients: a tie sends half of the gradient to each branch;
@@ -160,14 +163,33 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  *   vespo: s_i = sum_t clamp(log_ratio, -20, 20) m (+ sum_t clamp(log IS, log 1e-8, 20) m),
  *          logw = clamp(s_i, log 1e-8, 20), (k, lam) by A >= 0 (lam clamped to >= 1e-4),
  *          phi = exp(lam + k logw - lam exp(logw)) (non-finite -> 0), detached; l = -phi A lp
+ *   Dual-clip PPO (use_clip_ratio_c, clipped family only; verl's clip_ratio_c, Ye et al. 2019): for
+ *          A < 0, l = min(l, -A clip_ratio_c) (torch.min gradients: 0 when capped, half on a tie);
+ *          metric pg_clipfrac_lower = token mean of [l > -A clip_ratio_c and A < 0] (l before the
+ *          cap), verl's actor/pg_clipfrac_lower; NaN when dual clip is off.
  *   Then l *= off-policy keep (A >= 0 or mean_t((sampling - lp) m) <= threshold, NaN
  *   differences count as 0, sampling defaults to old, then to lp), l *= high-entropy mask,
- *   l *= importance_sampling_ratio (not for vespo), l += beta kl with
- *   kl = expm1(ref - lp) - (ref - lp) (times r when use_bias_correction_kl).
+ *   l *= importance_sampling_ratio (not for vespo), l += beta kl with kl the estimator
+ *   kl_estimator (default k3 = expm1(ref - lp) - (ref - lp), TRL's), times r when
+ *   use_bias_correction_kl. See grpo_kl_estimator for the estimators and their gradients.
+ *   gmpo (TRL 1.16 trl.experimental.gmpo.GMPOTrainer; token level, one advantage per row, no
+ *          delta / bias-corrected KL / off-policy mask / IS ratio, each refused):
+ *          c_t = clamp(log_ratio_t, -epsilon, epsilon_high) (log space; TRL's GMPOConfig default
+ *          epsilon is 0.4: pass it, this kernel has no per-loss default), z_t = min(log_ratio_t, c_t)
+ *          if A > 0 else max(log_ratio_t, c_t), e = m times the high-entropy mask,
+ *          coef_i = exp(sum_t(z e)_i / max(sum_t e_i, 1)), row loss -coef_i A_i + beta mean_t(kl m)_i,
+ *          loss = mean over the B rows / GA (the entropy mask acts only inside the geometric mean;
+ *          entropy_coef adds the entropy bonus below as for every loss type, TRL's GMPOTrainer has none).
+ *          Gradient: d loss / d lp_t = (-coef_i A_i e_t dz_t / max(sum e_i, 1) + beta dkl_t / max(L_i,1)) / (B GA)
+ *          with torch's clamp/min/max gradients (dz = 1 unclipped, 0 clipped, 1/2 on a bound).
+ *          Metrics: clip_ratio/low_mean, high_mean, region_mean = token means of [log_ratio < -epsilon
+ *          and A < 0], [log_ratio > epsilon_high and A > 0], either; low_min / high_max over the
+ *          rows' means, as TRL. Deviation: a row without valid tokens contributes 0 (TRL adds the
+ *          constant -A_i / (B GA) for it: coef = exp(0)); gradients are identical.
  *
  * Aggregation (GA = gradient_accumulation_steps, W = num_processes, S = steps_per_generation,
  * N = num_items_in_batch), exactly TRL 1.16 in training mode:
- *   grpo, sapo:          loss = mean_i[ sum_t(l m)_i / max(L_i, 1) ] / GA
+ *   grpo, sapo, gmpo:    loss = mean_i[ sum_t(l m)_i / max(L_i, 1) ] / GA
  *   bnpo:                loss = sum(l m) / max(sum m, 1) / GA
  *   dr_grpo:             loss = sum(l m) / (B * max_completion_length) / GA
  *   dapo, cispo, vespo:  loss = sum(l m) / (max(N, 1) / W * GA / S)
@@ -188,8 +210,9 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  * rows for per-row advantages, over valid tokens for (B,T) advantages.
  * Precision: the per-token maths runs in float for f32/bf16/f16 inputs, in double for f64.
  * float32 inputs with one advantage per row take SIMD8 paths (FMA polynomial exp/expm1, a
- * few ulp) for every loss type and level, except a per-token IS ratio with a non-vespo loss
- * and token-level vespo with bias-corrected KL;
+ * few ulp) for every TRL 1.16 loss type and level, except a per-token IS ratio with a non-vespo
+ * loss and token-level vespo with bias-corrected KL; gmpo, sequence_token, dual clip, a KL
+ * estimator other than k3 and the KL clamp always take the scalar path;
  * other inputs take the scalar path. k3 KL is expm1(d) - d (TRL computes exp(d) - d - 1;
  * parity within tolerance).
  */
@@ -203,14 +226,48 @@ typedef enum grpo_loss_type {
     GRPO_LOSS_LUSPO = 4,
     GRPO_LOSS_CISPO = 5,
     GRPO_LOSS_SAPO = 6,
-    GRPO_LOSS_VESPO = 7
+    GRPO_LOSS_VESPO = 7,
+    /** Geometric-mean policy optimisation (TRL 1.16 experimental GMPOTrainer), see above. */
+    GRPO_LOSS_GMPO = 8
 } grpo_loss_type;
 
 /** TRL's `importance_sampling_level`. */
 typedef enum grpo_importance_sampling_level {
     GRPO_IS_TOKEN = 0,
-    GRPO_IS_SEQUENCE = 1
+    GRPO_IS_SEQUENCE = 1,
+    /** GSPO-token: value of the sequence ratio, gradient of a token ratio (see above). */
+    GRPO_IS_SEQUENCE_TOKEN = 2
 } grpo_importance_sampling_level;
+
+/**
+ * Per-token KL estimators of the beta term (Schulman 2020, "Approximating KL divergence"; verl's
+ * kl_penalty names in brackets), with d = ref - lp and x = lp - ref = -d. Gradients are d/d lp.
+ *   K3     exp(d) - d - 1 ("low_var_kl"; TRL's; computed as expm1(d) - d)   gradient 1 - exp(d)
+ *   K1     x ("kl")                                                          gradient 1
+ *   K2     x^2 / 2 ("mse")                                                   gradient x
+ *   ABS    |x|                                                               gradient sign(x) (0 at 0)
+ *   K1_PLUS, K3_PLUS, ABS_PLUS: straight-through, k2 - sg(k2) + sg(X): the value of k1 / k3 / abs,
+ *          the gradient x of k2 (verl documents "k1+"/"k3+"; at verl commit b178a3cd (2026-01-29)
+ *          kl_penalty("k3+") raises NotImplementedError: kl_penalty_forward is called with the "+"
+ *          suffix, which it does not recognise).
+ * Clamp (use_kl_clamp): the value becomes clamp(X, -kl_clamp, kl_clamp) (verl clamps k3 to
+ * [-10, 10] and d to [-20, 20], which cannot change a value clamped at 10); a clamped value has
+ * gradient 0 (torch.clamp's, strictly inside the bounds only), except for the straight-through
+ * variants, whose gradient stays x. Off by default (TRL does not clamp).
+ * With use_bias_correction_kl the term is X r: gradient dX r + X r at token level (and for
+ * sequence_token, r = s_i), dX r plus X times the sequence coupling d r_i / d lp_t at sequence
+ * level (dX = k2's x for the straight-through variants). The `kl` metric is the token mean of the
+ * (clamped, bias-corrected) estimate over valid tokens.
+ */
+typedef enum grpo_kl_estimator {
+    GRPO_KL_K3 = 0,
+    GRPO_KL_K1 = 1,
+    GRPO_KL_K2 = 2,
+    GRPO_KL_ABS = 3,
+    GRPO_KL_K1_PLUS = 4,
+    GRPO_KL_K3_PLUS = 5,
+    GRPO_KL_ABS_PLUS = 6
+} grpo_kl_estimator;
 
 /** Hyper-parameters of the policy loss (names as in TRL's GRPOConfig). */
 typedef struct grpo_loss_config {
@@ -256,6 +313,16 @@ typedef struct grpo_loss_config {
     ptrdiff_t steps_per_generation;
     /** >= 1, required by dr_grpo (0 = not given). */
     ptrdiff_t max_completion_length;
+    /* Appended by issue 11 (a zero-filled struct keeps TRL's behaviour). */
+    /** A grpo_kl_estimator value (0 = k3, TRL's). */
+    int32_t kl_estimator;
+    /** 1: clamp the per-token KL estimate to [-kl_clamp, kl_clamp] (kl_clamp > 0, finite). */
+    int32_t use_kl_clamp;
+    /** 1: dual-clip PPO with clip_ratio_c (> 1, finite; clipped loss types only). */
+    int32_t use_clip_ratio_c;
+    int32_t reserved2;
+    double kl_clamp;
+    double clip_ratio_c;
 } grpo_loss_config;
 
 /**
@@ -324,6 +391,8 @@ typedef struct grpo_loss_metrics {
     double num_entropy_tokens;
     /** Rows dropped (whole or in part) by the off-policy mask. */
     double num_off_policy_dropped;
+    /** verl's pg_clipfrac_lower (dual-clip PPO, see above); NaN when use_clip_ratio_c is 0. */
+    double pg_clipfrac_lower;
 } grpo_loss_metrics;
 
 /**
@@ -338,7 +407,10 @@ typedef struct grpo_loss_metrics {
  * f64), every sum in double. Parallel over rows; bitwise identical for any thread count.
  * Errors: NULL (required pointer), SHAPE (sizes, cols), DTYPE, VALUE (unknown enum, invalid
  * hyper-parameter, missing ref_logps with beta != 0, missing max_completion_length for dr_grpo,
- * non-positive normalisers, a mask byte other than 0/1, vespo with a per-sequence IS ratio).
+ * non-positive normalisers, a mask byte other than 0/1, vespo with a per-sequence IS ratio;
+ * gmpo with (B,T) advantages, an IS ratio, a non-token level, delta, bias-corrected KL or the
+ * off-policy mask; kl_clamp <= 0 or not finite; clip_ratio_c <= 1, not finite, or with a
+ * non-clipped loss type; an unknown kl_estimator).
  */
 grpo_status grpo_policy_loss(const grpo_loss_inputs *inputs, const grpo_loss_config *cfg,
                              void *grad, void *grad_entropies, grpo_loss_metrics *metrics,

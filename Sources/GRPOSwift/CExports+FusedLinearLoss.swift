@@ -79,14 +79,7 @@ public func grpo_fused_linear_loss(
         case let dt:
             throw GRPOError(.dtype, "the fused linear loss takes float32 or bfloat16 hidden/weight, got \(dt.name)")
         }
-        metrics.pointee = grpo_loss_metrics(
-            loss: m.loss, policy_loss: m.policyLoss, policy_term: m.policyTerm, kl_term: m.klTerm,
-            entropy_term: m.entropyTerm, kl: m.kl, entropy: m.entropy,
-            clip_ratio_low_mean: m.clipRatioLowMean, clip_ratio_high_mean: m.clipRatioHighMean,
-            clip_ratio_region_mean: m.clipRatioRegionMean, clip_ratio_low_min: m.clipRatioLowMin,
-            clip_ratio_high_max: m.clipRatioHighMax, cispo_clip_ratio: m.cispoClipRatio,
-            vespo_phi_seq_mean: m.vespoPhiSeqMean, num_tokens: m.numTokens,
-            num_entropy_tokens: m.numEntropyTokens, num_off_policy_dropped: m.numOffPolicyDropped)
+        metrics.pointee = cLossMetrics(m)
     }
 }
 

@@ -5,12 +5,13 @@ func lossConfig(_ cfg: UnsafePointer<grpo_loss_config>?) throws(GRPOError) -> Lo
     let c = try configValue(cfg, "config")
     guard let type = LossType(rawValue: c.loss_type) else {
         throw GRPOError(.value,
-            "loss_type must be 0 (grpo), 1 (bnpo), 2 (dr_grpo), 3 (dapo), 4 (luspo), 5 (cispo), 6 (sapo) "
-            + "or 7 (vespo), got \(c.loss_type)")
+            "loss_type must be 0 (grpo), 1 (bnpo), 2 (dr_grpo), 3 (dapo), 4 (luspo), 5 (cispo), 6 (sapo), "
+            + "7 (vespo) or 8 (gmpo), got \(c.loss_type)")
     }
     guard let level = ImportanceSamplingLevel(rawValue: c.importance_sampling_level) else {
         throw GRPOError(.value,
-            "importance_sampling_level must be 0 (token) or 1 (sequence), got \(c.importance_sampling_level)")
+            "importance_sampling_level must be 0 (token), 1 (sequence) or 2 (sequence_token), got "
+            + "\(c.importance_sampling_level)")
     }
     func flag(_ v: Int32, _ name: String) throws(GRPOError) -> Bool {
         guard v == 0 || v == 1 else { throw GRPOError(.value, "\(name) must be 0 or 1, got \(v)") }
@@ -46,7 +47,27 @@ func lossConfig(_ cfg: UnsafePointer<grpo_loss_config>?) throws(GRPOError) -> Lo
         throw GRPOError(.value, "max_completion_length must be >= 1 (or 0 when not given), got \(c.max_completion_length)")
     }
     cfg.maxCompletionLength = c.max_completion_length == 0 ? nil : c.max_completion_length
+    guard let estimator = KLEstimator(rawValue: c.kl_estimator) else {
+        throw GRPOError(.value,
+            "kl_estimator must be 0 (k3), 1 (k1), 2 (k2), 3 (abs), 4 (k1+), 5 (k3+) or 6 (abs+), got \(c.kl_estimator)")
+    }
+    cfg.klEstimator = estimator
+    cfg.klClamp = try flag(c.use_kl_clamp, "use_kl_clamp") ? c.kl_clamp : nil
+    cfg.clipRatioC = try flag(c.use_clip_ratio_c, "use_clip_ratio_c") ? c.clip_ratio_c : nil
     return cfg
+}
+
+/// The C struct of a loss call's metrics (grpo_policy_loss and grpo_fused_linear_loss).
+func cLossMetrics(_ m: PolicyLossMetrics) -> grpo_loss_metrics {
+    grpo_loss_metrics(
+        loss: m.loss, policy_loss: m.policyLoss, policy_term: m.policyTerm, kl_term: m.klTerm,
+        entropy_term: m.entropyTerm, kl: m.kl, entropy: m.entropy,
+        clip_ratio_low_mean: m.clipRatioLowMean, clip_ratio_high_mean: m.clipRatioHighMean,
+        clip_ratio_region_mean: m.clipRatioRegionMean, clip_ratio_low_min: m.clipRatioLowMin,
+        clip_ratio_high_max: m.clipRatioHighMax, cispo_clip_ratio: m.cispoClipRatio,
+        vespo_phi_seq_mean: m.vespoPhiSeqMean, num_tokens: m.numTokens,
+        num_entropy_tokens: m.numEntropyTokens, num_off_policy_dropped: m.numOffPolicyDropped,
+        pg_clipfrac_lower: m.pgClipfracLower)
 }
 
 /// A typed view of a `const void *` array of `count` elements of type T.
@@ -137,13 +158,6 @@ public func grpo_policy_loss(
         default:
             throw GRPOError(.dtype, "dtype must be a grpo_dtype (0 f32, 1 f64, 2 bf16, 3 f16), got \(in_.dtype)")
         }
-        metrics.pointee = grpo_loss_metrics(
-            loss: m.loss, policy_loss: m.policyLoss, policy_term: m.policyTerm, kl_term: m.klTerm,
-            entropy_term: m.entropyTerm, kl: m.kl, entropy: m.entropy,
-            clip_ratio_low_mean: m.clipRatioLowMean, clip_ratio_high_mean: m.clipRatioHighMean,
-            clip_ratio_region_mean: m.clipRatioRegionMean, clip_ratio_low_min: m.clipRatioLowMin,
-            clip_ratio_high_max: m.clipRatioHighMax, cispo_clip_ratio: m.cispoClipRatio,
-            vespo_phi_seq_mean: m.vespoPhiSeqMean, num_tokens: m.numTokens,
-            num_entropy_tokens: m.numEntropyTokens, num_off_policy_dropped: m.numOffPolicyDropped)
+        metrics.pointee = cLossMetrics(m)
     }
 }

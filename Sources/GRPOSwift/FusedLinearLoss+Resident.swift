@@ -9,7 +9,7 @@
 // rows, which a block always holds whole. So for a block of sequences, the loss kernel called
 // on the block alone gives g_i up to a known factor:
 //   dapo/cispo/vespo: none (num_items_in_batch is set to the batch's value);
-//   grpo/sapo/dr_grpo/luspo: B_block / B;  bnpo: max(sum_block m, 1) / max(sum m, 1);
+//   grpo/sapo/dr_grpo/luspo/gmpo: B_block / B;  bnpo: max(sum_block m, 1) / max(sum m, 1);
 //   entropy bonus (d loss / d H): max(sum_block m, 1) / max(sum m, 1).
 // The one global dependence on log-probs is top_entropy_quantile < 1 (a quantile of all the
 // entropies): that option, bfloat16 inputs (the weight would need widening per block) and
@@ -162,7 +162,7 @@ extension FusedLinearLoss {
             switch loss.lossType {
             case .dapo, .cispo, .vespo: gScale = 1
             case .bnpo: gScale = maskRatio
-            case .grpo, .sapo, .drGRPO, .luspo: gScale = Double(ns) / Double(B)
+            case .grpo, .sapo, .drGRPO, .luspo, .gmpo: gScale = Double(ns) / Double(B)
             }
             if gScale != 1 { for r in 0..<nr { gBuf[r] = Float(Double(gBuf[r]) * gScale) } }
             if withEntropy { for r in 0..<nr { gHBuf[r] = Float(Double(gHBuf[r]) * maskRatio) } }

@@ -16,6 +16,8 @@
 struct PolicyToken<R: LossReal> {
     var l: R = 0, dldr: R = 0, dldlp: R = 0, phi: R = 0
     var low = false, high = false, cispoClipped = false
+    /// Dual-clip PPO capped this token (verl's pg_clipfrac_lower indicator).
+    var dualClipped = false
 }
 
 public enum PolicyLoss {
@@ -25,8 +27,8 @@ public enum PolicyLoss {
     /// Per-row partial sums, `RowStat.count` doubles per row.
     enum RowStat {
         static let policy = 0, kl = 1, entropy = 2, entropyEff = 3, low = 4, high = 5
-        static let region = 6, cispo = 7, phi = 8, dropped = 9
-        static let count = 10
+        static let region = 6, cispo = 7, phi = 8, dropped = 9, dual = 10
+        static let count = 11
     }
 
     /// Computes the loss, gradients (optional) and metrics. `grad` and `gradEntropies` are
@@ -92,6 +94,8 @@ public enum PolicyLoss {
             throw GRPOError(.value,
                 "grad_entropies must be NULL unless grad is requested and entropy_coef != 0")
         }
+        try cfg.validateExtraInputs(advantagesPerToken: advPerToken,
+                                    hasImportanceSamplingRatio: inp.importanceSamplingRatio != nil)
 
         let mask = inp.mask
         let rowsPerChunk = Swift.max(1, tokensPerChunk / Swift.max(T, 1))
@@ -159,7 +163,7 @@ public enum PolicyLoss {
         let lossType = cfg.lossType
         @inline(__always) func rowWeight(_ L: Int) -> Double {
             switch lossType {
-            case .grpo, .sapo: return 1 / Double(Swift.max(L, 1)) / bD / ga
+            case .grpo, .sapo, .gmpo: return 1 / Double(Swift.max(L, 1)) / bD / ga
             case .bnpo: return 1 / bnpoNormaliser / ga
             case .drGRPO: return 1 / (bD * maxLen) / ga
             case .dapo, .cispo, .vespo: return 1 / tokenNormaliser
@@ -207,6 +211,24 @@ public enum PolicyLoss {
         let thr = entropyThreshold, maskAll0 = entropyMaskAll0
 
         let linearInLp = lossType == .cispo || lossType == .vespo
+        // Issue-11 options (PolicyLoss+Extras.swift).
+        let seqToken = cfg.importanceSamplingLevel == .sequenceToken
+        let gmpo = lossType == .gmpo
+        let gmpoLow = R(cfg.epsilon), gmpoHigh = R(cfg.resolvedEpsilonHigh)
+        let useDualClip = cfg.clipRatioC != nil
+        let clipC = R(cfg.clipRatioC ?? 0)
+        let klEstimator = cfg.klEstimator
+        let klClamp = cfg.klClampValue(R.self)
+        let defaultKL = klEstimator == .k3 && klClamp == nil
+        /// (kl, d kl / d lp) of one token at d = ref - lp.
+        @inline(__always) func klToken(_ d: R) -> (R, R) {
+            if defaultKL {
+                let (em1, kl0) = R.expm1AndKL(d)
+                return (kl0, -em1)
+            }
+            let e = klEstimator.evaluate(d, clamp: klClamp)
+            return (e.value, e.grad)
+        }
         // The per-token policy loss l(r, A, lp), d l / d r and d l / d lp (detached factors held
         // fixed) and the metric indicators, exactly as TRL's torch code evaluates them.
         @inline(__always) func policyToken(_ a: R, _ r: R, _ lp: R, _ phiPos: R, _ phiNeg: R) -> PolicyToken<R> {
@@ -219,12 +241,13 @@ public enum PolicyLoss {
                 let c2 = Swift.min(Swift.max(r, lo), hi)
                 let dc2: R = (r > lo && r < hi) ? 1 : 0
                 let v1 = c1 * a, v2 = c2 * a
-                let g: R
+                var g: R
                 // torch.min sends half of the gradient to each side of a tie.
                 if v1.isNaN || v2.isNaN { t.l = .nan; g = .nan }
                 else if v1 < v2 { t.l = -v1; g = a * dc1 }
                 else if v1 > v2 { t.l = -v2; g = a * dc2 }
                 else { t.l = -v1; g = a * (dc1 + dc2) / 2 }
+                if useDualClip { t.dualClipped = PolicyLoss.dualClip(&t.l, &g, a: a, c: clipC) }
                 t.dldr = -g
                 t.low = c1 < lo && a < 0
                 t.high = c1 > hi && a > 0
@@ -242,6 +265,8 @@ public enum PolicyLoss {
                 t.phi = a >= 0 ? phiPos : phiNeg
                 t.l = -t.phi * a * lp
                 t.dldlp = -t.phi * a
+            case .gmpo:
+                break  // row-level: handled in the row loop (gmpoToken)
             }
             return t
         }
@@ -253,8 +278,11 @@ public enum PolicyLoss {
         // The SIMD fast path (PolicyLoss+Fast.swift) covers the most common configuration.
         let isF32 = S.self == Float.self
         let fastKind = lossType.isClipped ? 0 : lossType == .cispo ? 1 : lossType == .sapo ? 2 : -1
+        // Options outside TRL's configuration (KL estimators other than k3, KL clamp, dual clip,
+        // GMPO, sequence_token) are not implemented by the SIMD paths: scalar path.
+        let scalarOnly = cfg.needsScalarPath
         let fast = isF32 && T > 0 && !sequence && fastKind >= 0 && !advPerToken
-            && !isPerToken
+            && !isPerToken && !scalarOnly
         let fastParams = FastPolicyLoss.Params(
             lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
             delta: Float(cfg.delta ?? 0), useDelta: useDelta, beta: Float(cfg.beta), bias: bias,
@@ -286,7 +314,8 @@ public enum PolicyLoss {
 
                     // Row statistics.
                     var slr = 0.0, sv = 0.0, skl = 0.0
-                    if sequence || lossType == .vespo || offPolicy {
+                    var gmpoSum = 0.0, gmpoCount = 0  // GMPO: sum / count of clipped log-ratios (seq_mask)
+                    if sequence || seqToken || lossType == .vespo || offPolicy || gmpo {
                         for t in 0..<T where mask[base + t] != 0 {
                             let lp = inp.logps[base + t].real
                             let lr: R = inp.oldLogps.map { lp - $0[base + t].real } ?? 0
@@ -298,6 +327,15 @@ public enum PolicyLoss {
                                     sv += Double(Swift.min(Swift.max(li, logLow), 20))
                                 }
                             }
+                            if gmpo {
+                                let keep = !useEntropyMask
+                                    || (!maskAll0 && (inp.entropies?[base + t].real ?? 0) >= thr)
+                                if keep {
+                                    let c = PolicyLoss.gmpoToken(lr, a: aRow, epsLow: gmpoLow, epsHigh: gmpoHigh)
+                                    gmpoSum += Double(c.value)
+                                    gmpoCount += 1
+                                }
+                            }
                             if offPolicy {
                                 let s = inp.samplingLogps ?? inp.oldLogps
                                 var d: R = s.map { $0[base + t].real - lp } ?? 0
@@ -307,6 +345,10 @@ public enum PolicyLoss {
                         }
                     }
                     let rSeq = R.exp(R(slr * invL))
+                    // GMPO: the row's geometric-mean ratio and d (row loss) / d (clipped log-ratio),
+                    // in units of the row weight w (= 1 / (L B GA)).
+                    let gmpoCoef = gmpo ? R.exp(R(gmpoSum / Double(Swift.max(gmpoCount, 1)))) : 0
+                    let gmpoGrad = gmpo ? R(Double(L) * Double(-gmpoCoef * aRow) / Double(Swift.max(gmpoCount, 1))) : 0
                     let lowKL = R(skl * invL) <= offThreshold
                     // vespo weights for A >= 0 and A < 0.
                     var phiPos = R(0), phiNeg = R(0)
@@ -351,15 +393,16 @@ public enum PolicyLoss {
                     // (or vespo's row weight) are the same for every token of the row.
                     let rowPolicy: PolicyToken<R>? =
                         (!advPerToken && (sequence || lossType == .vespo)) ? policyToken(aRow, rSeq, 1, phiPos, phiNeg) : nil
-                    let needTokenRatio = !sequence && (lossType != .vespo || (useKL && bias))
+                    let needTokenRatio = !sequence && !seqToken && !gmpo && (lossType != .vespo || (useKL && bias))
 
                     var pol = 0.0, klSum = 0.0, entSum = 0.0, entEff = 0.0
                     var nLow = 0.0, nHigh = 0.0, nRegion = 0.0, nCispo = 0.0, phiSum = 0.0
+                    var nDual = 0.0
                     var dropped = 0.0
                     var sRow = 0.0  // d loss / d r_i (sequence level)
 
                     // float32 SIMD path for such rows (PolicyLoss+Fast.swift).
-                    if isF32, let pc = rowPolicy, let fLp, let fMask,
+                    if isF32, let pc = rowPolicy, let fLp, let fMask, !scalarOnly,
                        !isPerToken || lossType == .vespo, !useKL || !bias || sequence {
                         var f = isrRow
                         if offPolicy && !(aRow >= 0 || lowKL) { f = 0; dropped = L > 0 ? 1 : 0 }
@@ -391,7 +434,7 @@ public enum PolicyLoss {
                         let lp = inp.logps[k].real
                         let a: R = advPerToken ? inp.advantages.value(k, as: R.self) : aRow
                         let lr: R = inp.oldLogps.map { lp - $0[k].real } ?? 0
-                        let r: R = sequence ? rSeq : (needTokenRatio ? R.exp(lr) : 1)
+                        let r: R = sequence || seqToken ? rSeq : (needTokenRatio ? R.exp(lr) : 1)
 
                         // Multiplier of the policy term: off-policy, entropy mask, IS ratio.
                         var f = isrRow
@@ -413,13 +456,25 @@ public enum PolicyLoss {
 
                         // Row-constant policy factors are computed once per row (below the
                         // row statistics); cispo/vespo are linear in lp with a constant factor.
-                        let pt = rowPolicy ?? policyToken(a, r, lp, phiPos, phiNeg)
+                        var pt: PolicyToken<R>
+                        if gmpo {
+                            // Row loss -coef A spread over the row's L tokens (the row weight divides
+                            // by L); the entropy mask acts inside the geometric mean only.
+                            let c = PolicyLoss.gmpoToken(lr, a: a, epsLow: gmpoLow, epsHigh: gmpoHigh)
+                            pt = PolicyToken(l: -gmpoCoef * a, dldlp: inEntropyMask ? gmpoGrad * c.grad : 0)
+                            pt.low = c.low
+                            pt.high = c.high
+                            f = 1
+                        } else {
+                            pt = rowPolicy ?? policyToken(a, r, lp, phiPos, phiNeg)
+                        }
                         let l: R = rowPolicy != nil && linearInLp ? pt.l * lp : pt.l
                         let dldr = pt.dldr, dldlp = pt.dldlp
                         if pt.low { nLow += 1 }
                         if pt.high { nHigh += 1 }
                         if pt.low || pt.high { nRegion += 1 }
                         if pt.cispoClipped { nCispo += 1 }
+                        if pt.dualClipped { nDual += 1 }
                         if lossType == .vespo { phiSum += Double(pt.phi) }
                         pol += Double(f * l)
                         var gTok: Double
@@ -432,9 +487,9 @@ public enum PolicyLoss {
 
                         if useKL, let ref = inp.refLogps {
                             let d = ref[k].real - lp
-                            let (em1, kl0) = R.expm1AndKL(d)
+                            let (kl0, dkl0) = klToken(d)
                             var kl = kl0
-                            var dkl = -em1
+                            var dkl = dkl0
                             if bias {
                                 if sequence {
                                     dkl = dkl * r
@@ -470,6 +525,7 @@ public enum PolicyLoss {
                     st[o + RowStat.cispo] = nCispo
                     st[o + RowStat.phi] = phiSum
                     st[o + RowStat.dropped] = dropped
+                    st[o + RowStat.dual] = nDual
                     // TRL's (B,1)-shaped metrics: the row's own ratio and advantage, all rows.
                     if !advPerToken {
                         var c1 = rSeq
@@ -486,7 +542,7 @@ public enum PolicyLoss {
         // 4. Combine in row order.
         var m = PolicyLossMetrics()
         var polTerm = 0.0, klTerm = 0.0, klAll = 0.0, entAll = 0.0, entEffAll = 0.0
-        var low = 0.0, high = 0.0, region = 0.0, cis = 0.0, phi = 0.0, dropped = 0.0
+        var low = 0.0, high = 0.0, region = 0.0, cis = 0.0, phi = 0.0, dropped = 0.0, dual = 0.0
         var lowMin = Double.nan, highMax = Double.nan
         for i in 0..<B {
             let o = i * RowStat.count
@@ -502,6 +558,7 @@ public enum PolicyLoss {
             cis += stats[o + RowStat.cispo]
             phi += stats[o + RowStat.phi]
             dropped += stats[o + RowStat.dropped]
+            dual += stats[o + RowStat.dual]
         }
         let tokens = Double(Swift.max(totalTokens, 1))
         m.policyTerm = polTerm
@@ -517,8 +574,9 @@ public enum PolicyLoss {
         m.numTokens = Double(totalTokens)
         m.numEntropyTokens = Double(totalEff)
         m.numOffPolicyDropped = dropped
+        if useDualClip { m.pgClipfracLower = dual / tokens }
         let rowShaped = sequence && !advPerToken
-        if lossType.isClipped {
+        if lossType.isClipped || gmpo {
             if rowShaped {
                 var l = 0.0, h = 0.0
                 lowMin = .infinity; highMax = -.infinity

@@ -8,6 +8,8 @@ import Glibc
 /// TRL's `loss_type`.
 public enum LossType: Int32, Sendable, CaseIterable {
     case grpo = 0, bnpo = 1, drGRPO = 2, dapo = 3, luspo = 4, cispo = 5, sapo = 6, vespo = 7
+    /// Geometric-mean policy optimisation (TRL 1.16 trl.experimental.gmpo; PolicyLoss+Extras.swift).
+    case gmpo = 8
 
     /// The PPO-style clipped objective (grpo, bnpo, dr_grpo, dapo, luspo).
     var isClipped: Bool {
@@ -27,6 +29,7 @@ public enum LossType: Int32, Sendable, CaseIterable {
         case .cispo: return "cispo"
         case .sapo: return "sapo"
         case .vespo: return "vespo"
+        case .gmpo: return "gmpo"
         }
     }
 }
@@ -34,6 +37,9 @@ public enum LossType: Int32, Sendable, CaseIterable {
 /// TRL's `importance_sampling_level`.
 public enum ImportanceSamplingLevel: Int32, Sendable, CaseIterable {
     case token = 0, sequence = 1
+    /// GSPO-token: per token sg(s_i) * exp(lp_t - sg(lp_t)) — the value of the sequence ratio
+    /// s_i, the gradient of a token-level ratio (d r_it / d lp_t = s_i, own token only).
+    case sequenceToken = 2
 }
 
 /// Hyper-parameters of the policy loss, named as in TRL's GRPOConfig, plus the raw numbers
@@ -66,6 +72,12 @@ public struct LossConfig: Sendable, Equatable {
     public var stepsPerGeneration: Int? = nil
     /// Required by dr_grpo.
     public var maxCompletionLength: Int? = nil
+    /// The per-token KL estimator of the `beta` term (k3, TRL's, by default).
+    public var klEstimator: KLEstimator = .k3
+    /// Clamp of the per-token KL estimate to [-klClamp, klClamp] (verl clamps k3 to 10); nil: off (TRL).
+    public var klClamp: Double? = nil
+    /// Dual-clip PPO (verl `clip_ratio_c`, > 1): for A < 0 the clipped loss is capped at -A c; nil: off.
+    public var clipRatioC: Double? = nil
 
     public init(lossType: LossType = .dapo,
                 importanceSamplingLevel: ImportanceSamplingLevel = .token) {
@@ -122,6 +134,7 @@ public struct LossConfig: Sendable, Equatable {
         } else if let m = maxCompletionLength, m < 1 {
             throw GRPOError(.value, "max_completion_length must be >= 1, got \(m)")
         }
+        try validateExtras()
     }
 }
 
@@ -145,13 +158,15 @@ public struct PolicyLossMetrics: Sendable, Equatable {
     public var numTokens = 0.0
     public var numEntropyTokens = 0.0
     public var numOffPolicyDropped = 0.0
+    /// verl's pg_clipfrac_lower (dual-clip PPO; NaN unless clipRatioC is set).
+    public var pgClipfracLower = Double.nan
     public init() {}
 
     /// Every field, in declaration order (for bitwise comparisons and logging).
     public var allValues: [Double] {
         [loss, policyLoss, policyTerm, klTerm, entropyTerm, kl, entropy, clipRatioLowMean,
          clipRatioHighMean, clipRatioRegionMean, clipRatioLowMin, clipRatioHighMax, cispoClipRatio,
-         vespoPhiSeqMean, numTokens, numEntropyTokens, numOffPolicyDropped]
+         vespoPhiSeqMean, numTokens, numEntropyTokens, numOffPolicyDropped, pgClipfracLower]
     }
 }
 

@@ -20,11 +20,16 @@ import numpy as np
 from . import _native
 from ._validation import choice, float_array, integer, real
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"]
-ImportanceSamplingLevel = Literal["token", "sequence"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo"]
+ImportanceSamplingLevel = Literal["token", "sequence", "sequence_token"]
+KLEstimator = Literal["k3", "k1", "k2", "abs", "k1+", "k3+", "abs+"]
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo")
-IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+# Orders are the C enums' (grpo_loss_type, grpo_importance_sampling_level, grpo_kl_estimator).
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token")
+KL_ESTIMATORS = ("k3", "k1", "k2", "abs", "k1+", "k3+", "abs+")
+# verl's kl_penalty names for the same estimators (accepted, stored under our name).
+_KL_ALIASES = {"low_var_kl": "k3", "kl": "k1", "mse": "k2", "low_var_kl+": "k3+", "kl+": "k1+"}
 _CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 
 # Order of the tuple returned by _native.policy_loss (grpo_loss_metrics in grpo_swift.h).
@@ -32,7 +37,7 @@ _METRIC_FIELDS = (
     "loss", "policy_loss", "policy_term", "kl_term", "entropy_term", "kl", "entropy",
     "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "clip_ratio/low_min",
     "clip_ratio/high_max", "cispo_clip_ratio", "vespo/phi_seq_mean", "num_tokens",
-    "num_entropy_tokens", "num_off_policy_dropped",
+    "num_entropy_tokens", "num_off_policy_dropped", "pg_clipfrac_lower",
 )
 
 
@@ -88,7 +93,37 @@ def _check_options(fn: str, o: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{fn}(): loss_type 'dr_grpo' normalises by max_completion_length: pass "
                          f"max_completion_length (TRL's GRPOConfig.max_completion_length)")
     o["num_items_in_batch"] = _count(o["num_items_in_batch"], fn, "num_items_in_batch")
+    _check_extra_options(fn, o)
     return o
+
+
+def _check_extra_options(fn: str, o: dict[str, Any]) -> None:
+    """The issue-11 options: KL estimator and clamp, dual clip, GMPO's restrictions (in place)."""
+    est = o["kl_estimator"]
+    if isinstance(est, str) and est in _KL_ALIASES:
+        est = _KL_ALIASES[est]
+    if est == "k2+":
+        raise ValueError(f"{fn}(): argument 'kl_estimator' 'k2+' would be k2 itself (value and gradient of "
+                         f"k2): pass 'k2'")
+    o["kl_estimator"] = choice(est, fn, "kl_estimator", KL_ESTIMATORS)
+    if o["kl_clamp"] is not None:
+        o["kl_clamp"] = real(o["kl_clamp"], fn, "kl_clamp", minimum=0.0, strict_minimum=True)
+    if o["clip_ratio_c"] is not None:
+        c = real(o["clip_ratio_c"], fn, "clip_ratio_c")
+        if not c > 1.0:
+            raise ValueError(f"{fn}(): argument 'clip_ratio_c' (dual-clip PPO) must be > 1 (verl uses 3.0), got {c}")
+        if o["loss_type"] not in _CLIPPED:
+            raise ValueError(f"{fn}(): argument 'clip_ratio_c' (dual-clip PPO) applies to the clipped loss types "
+                             f"{', '.join(_CLIPPED)}; got loss_type {o['loss_type']!r}")
+        o["clip_ratio_c"] = c
+    if o["loss_type"] == "gmpo":
+        if o["importance_sampling_level"] != "token":
+            raise ValueError(f"{fn}(): loss_type 'gmpo' takes the geometric mean of token ratios: "
+                             f"importance_sampling_level must be 'token', got {o['importance_sampling_level']!r}")
+        for name, off in (("delta", None), ("off_policy_mask_threshold", None), ("use_bias_correction_kl", False)):
+            if o[name] != off:
+                raise ValueError(f"{fn}(): loss_type 'gmpo' does not use {name} (TRL's GMPOTrainer ignores it); "
+                                 f"got {name}={o[name]!r}, expected {off!r}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +138,14 @@ class LossConfig:
     tokens of this call) and `steps_per_generation` defaults to gradient_accumulation_steps;
     dr_grpo needs `max_completion_length`. For TRL's eval mode pass
     gradient_accumulation_steps=1 and steps_per_generation=1.
+
+    Beyond TRL 1.16's GRPOTrainer: `loss_type="gmpo"` (TRL's experimental GMPOTrainer: clipping
+    in log space with epsilon / epsilon_high, pass TRL's GMPOConfig default epsilon=0.4
+    yourself), `importance_sampling_level="sequence_token"` (GSPO-token), `kl_estimator`
+    ("k3" TRL's default, "k1", "k2", "abs", straight-through "k1+", "k3+", "abs+"; verl's names
+    "low_var_kl", "kl", "mse" accepted), `kl_clamp` (clamp the per-token KL estimate to
+    [-kl_clamp, kl_clamp]; verl uses 10 for k3; None: off, as TRL) and `clip_ratio_c` (verl's
+    dual-clip PPO for the clipped loss types; None: off). See docs/guide.md.
     """
 
     loss_type: LossType = "dapo"
@@ -126,6 +169,9 @@ class LossConfig:
     off_policy_mask_threshold: float | None = None
     top_entropy_quantile: float = 1.0
     entropy_coef: float = 0.0
+    kl_estimator: KLEstimator = "k3"
+    kl_clamp: float | None = None
+    clip_ratio_c: float | None = None
 
     def __post_init__(self) -> None:
         checked = _check_options("LossConfig", {n: getattr(self, n) for n in _FIELD_NAMES})
@@ -166,8 +212,11 @@ class LossConfig:
             self.top_entropy_quantile, self.entropy_coef, self.sapo_temperature_pos,
             self.sapo_temperature_neg, self.vespo_k_pos, self.vespo_lambda_pos, self.vespo_k_neg,
             self.vespo_lambda_neg, -1.0 if self.num_items_in_batch is None else self.num_items_in_batch,
+            self.kl_clamp if self.kl_clamp is not None else 0.0,
+            self.clip_ratio_c if self.clip_ratio_c is not None else 0.0,
             self.num_processes, self.gradient_accumulation_steps, self.steps_per_generation or 0,
             self.max_completion_length or 0,
+            KL_ESTIMATORS.index(self.kl_estimator), int(self.kl_clamp is not None), int(self.clip_ratio_c is not None),
         )
 
     def logged_metrics(self, has_ref: bool, has_entropies: bool) -> tuple[str, ...]:
@@ -177,9 +226,11 @@ class LossConfig:
             names.append("kl")
         if has_entropies:
             names.append("entropy")
-        if self.loss_type in _CLIPPED:
+        if self.loss_type in _CLIPPED or self.loss_type == "gmpo":
             names += ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
                       "clip_ratio/low_min", "clip_ratio/high_max"]
+            if self.clip_ratio_c is not None:
+                names.append("pg_clipfrac_lower")
         elif self.loss_type == "cispo":
             names.append("cispo_clip_ratio")
         elif self.loss_type == "vespo":
@@ -244,6 +295,7 @@ def _policy_loss_buffers(fn: str, logps, old_logps, ref_logps, sampling_logps, e
 _NUMPY_FLOATS = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
 
+
 def _mask_u8(mask, fn: str, shape: tuple[int, int]) -> np.ndarray:
     if mask is None:
         raise TypeError(f"{fn}(): argument 'mask' must be a (B, T) array of 0/1 (bool, int or float), got None")
@@ -293,6 +345,9 @@ def grpo_loss(
     entropies=None,
     top_entropy_quantile: float = 1.0,
     entropy_coef: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+    kl_clamp: float | None = None,
+    clip_ratio_c: float | None = None,
     compute_grad: bool = True,
 ) -> LossResult:
     """The GRPO policy loss of TRL 1.16 (`GRPOTrainer._compute_loss`), its gradient and metrics.
@@ -306,7 +361,10 @@ def grpo_loss(
         old_logps: (B, T) log-probs of the policy that sampled; None: on-policy (ratio 1
             with gradient, TRL's `per_token_logps.detach()`).
         ref_logps: (B, T) reference log-probs; required when beta != 0.
-        loss_type: "grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo" or "vespo".
+        loss_type: "grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo" (TRL 1.16's
+            GRPOTrainer) or "gmpo" (TRL 1.16's experimental GMPOTrainer: geometric mean of the
+            token ratios clipped in log space to [-epsilon, epsilon_high]; token level, one
+            advantage per row; TRL's GMPOConfig defaults epsilon to 0.4).
         beta, epsilon, epsilon_high, delta, importance_sampling_level, use_bias_correction_kl,
         sapo_temperature_pos/neg, vespo_k/lambda_pos/neg, off_policy_mask_threshold,
         top_entropy_quantile, entropy_coef: as in TRL's GRPOConfig.
@@ -319,6 +377,16 @@ def grpo_loss(
             read only when off_policy_mask_threshold is set, as in TRL).
         entropies: (B, T) per-token entropies: needed for top_entropy_quantile < 1 and
             entropy_coef != 0; gives the `entropy` metric.
+        importance_sampling_level: "token", "sequence" (GSPO) or "sequence_token" (GSPO-token:
+            the sequence ratio's value, a token ratio's gradient).
+        kl_estimator: per-token KL estimator of the beta term: "k3" (TRL's, default), "k1",
+            "k2", "abs", or the straight-through "k1+", "k3+", "abs+" (value of X, gradient of
+            k2); verl's names "low_var_kl", "kl", "mse" are accepted.
+        kl_clamp: clamp of the per-token KL estimate to [-kl_clamp, kl_clamp] (verl: 10 for k3);
+            None (default, TRL) does not clamp.
+        clip_ratio_c: dual-clip PPO (verl's clip_ratio_c, > 1; verl's default 3.0) for the
+            clipped loss types: for A < 0 the loss is capped at -A * clip_ratio_c; adds the
+            metric pg_clipfrac_lower. None (default) is off.
         compute_grad: False skips the gradients.
 
     Returns:
@@ -335,7 +403,7 @@ def grpo_loss(
         num_items_in_batch=num_items_in_batch, num_processes=num_processes,
         gradient_accumulation_steps=gradient_accumulation_steps, steps_per_generation=steps_per_generation,
         off_policy_mask_threshold=off_policy_mask_threshold, top_entropy_quantile=top_entropy_quantile,
-        entropy_coef=entropy_coef)
+        entropy_coef=entropy_coef, kl_estimator=kl_estimator, kl_clamp=kl_clamp, clip_ratio_c=clip_ratio_c)
     return loss_with_config(logps, advantages, mask, config, old_logps=old_logps, ref_logps=ref_logps,
                             sampling_logps=sampling_logps, entropies=entropies,
                             importance_sampling_ratio=importance_sampling_ratio, compute_grad=compute_grad,

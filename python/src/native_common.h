@@ -59,6 +59,12 @@ PyObject *gs_finish(gs_buffers *set, grpo_status status, const char *func, const
 /* Maps a non-OK status plus the kernel's message to an exception; returns NULL. */
 PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg);
 
+/* Loss helpers shared by policy_loss and fused_linear_loss (native_loss.c). */
+/* Parses LossConfig._native_tuple into *cfg (zeroed first); 0, or -1 with an exception set. */
+int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg);
+/* The grpo_loss_metrics fields in header order as a tuple of floats (new reference or NULL). */
+PyObject *gs_loss_metrics_tuple(const grpo_loss_metrics *m);
+
 /* Method tables of the kernel families, NULL-terminated. */
 extern PyMethodDef gs_core_methods[];
 extern PyMethodDef gs_advantages_methods[];

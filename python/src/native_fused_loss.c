@@ -27,7 +27,7 @@ static int fl_check_dtype(const Py_buffer *v, int dtype, const char *fn, const c
  *                   importance_sampling_ratio, isr_cols, loss_config, head_config,
  *                   out_grad_hidden, out_grad_weight, out_grad_bias, out_log_probs, out_entropy,
  *                   scratch_budget)
- *   -> tuple of the 17 grpo_loss_metrics fields.
+ *   -> tuple of the 18 grpo_loss_metrics fields.
  * hidden (N, H) / weight (V, H) / bias (V): float32, or bfloat16 as int16 bits (all alike,
  * ref_* too). targets (N) int64; mask (N) uint8 0/1; advantages and the IS ratio one float
  * dtype, (B * adv_cols) elements; old/ref/sampling (N) float32 or None. loss_config: the tuple
@@ -59,17 +59,8 @@ static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_
         PyErr_Format(PyExc_ValueError, "%s(): invalid batch/length %zd x %zd", fn, B, T);
         return NULL;
     }
-    grpo_loss_config cfg = {0};
-    if (!PyArg_ParseTuple(args[18], "iiiiiddddddddddddddnnnn:fused_linear_loss config", &cfg.loss_type,
-                          &cfg.importance_sampling_level, &cfg.use_bias_correction_kl, &cfg.use_delta,
-                          &cfg.use_off_policy_mask, &cfg.beta, &cfg.epsilon, &cfg.epsilon_high, &cfg.delta,
-                          &cfg.off_policy_mask_threshold, &cfg.top_entropy_quantile, &cfg.entropy_coef,
-                          &cfg.sapo_temperature_pos, &cfg.sapo_temperature_neg, &cfg.vespo_k_pos,
-                          &cfg.vespo_lambda_pos, &cfg.vespo_k_neg, &cfg.vespo_lambda_neg,
-                          &cfg.num_items_in_batch, &cfg.num_processes, &cfg.gradient_accumulation_steps,
-                          &cfg.steps_per_generation, &cfg.max_completion_length)) {
-        return NULL;
-    }
+    grpo_loss_config cfg;
+    if (gs_loss_config_arg(args[18], &cfg) != 0) return NULL;
     grpo_lm_head_config head = {0};
     if (!PyArg_ParseTuple(args[19], "dddnn:fused_linear_loss head config", &head.temperature, &head.logit_scale,
                           &head.final_logit_softcapping, &head.tile_rows, &head.tile_cols)) {
@@ -160,11 +151,7 @@ static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_
         gs_raise_status(st, fn, err);
         goto exit;
     }
-    result = Py_BuildValue("(ddddddddddddddddd)", m.loss, m.policy_loss, m.policy_term, m.kl_term,
-                           m.entropy_term, m.kl, m.entropy, m.clip_ratio_low_mean, m.clip_ratio_high_mean,
-                           m.clip_ratio_region_mean, m.clip_ratio_low_min, m.clip_ratio_high_max,
-                           m.cispo_clip_ratio, m.vespo_phi_seq_mean, m.num_tokens, m.num_entropy_tokens,
-                           m.num_off_policy_dropped);
+    result = gs_loss_metrics_tuple(&m);
 exit:
     gs_release(&set);
     return result;
@@ -204,7 +191,7 @@ PyMethodDef gs_fused_loss_methods[] = {
     {"fused_linear_loss", (PyCFunction)(void (*)(void))fl_fused_linear_loss, METH_FASTCALL,
      "fused_linear_loss(fn, B, T, hidden, weight, bias, targets, mask, advantages, adv_cols, old, ref, sampling, "
      "ref_hidden, ref_weight, ref_bias, isr, isr_cols, loss_config, head_config, out_grad_hidden, "
-     "out_grad_weight, out_grad_bias, out_log_probs, out_entropy, scratch_budget) -> tuple of 17 floats"},
+     "out_grad_weight, out_grad_bias, out_log_probs, out_entropy, scratch_budget) -> tuple of 18 floats"},
     {"fused_linear_loss_scratch_bytes", (PyCFunction)(void (*)(void))fl_scratch_bytes, METH_FASTCALL,
      "fused_linear_loss_scratch_bytes(batch, length, hidden_size, vocab, head_config, dtype, ref_from_hidden, "
      "top_entropy_quantile_below_one, scratch_budget) -> int"},

@@ -1,6 +1,8 @@
 /* grpo_swift._native.policy_loss: the GRPO policy loss, its gradient and metrics. */
 #include "native_common.h"
 
+#include <string.h>
+
 /* Acquires an optional (B,T) float input of the given dtype code and shape. */
 static Py_buffer *acquire_bt(gs_buffers *set, PyObject *obj, const char *fn, const char *arg,
                              int dtype, Py_ssize_t B, Py_ssize_t T, int writable, int optional) {
@@ -31,13 +33,44 @@ static Py_ssize_t row_or_token_cols(const Py_buffer *v, const char *fn, const ch
 }
 
 /*
+ * The loss config tuple built by grpo_swift._loss.LossConfig._native_tuple: 5 int32 (loss_type,
+ * importance_sampling_level, use_bias_correction_kl, use_delta, use_off_policy_mask), 16 doubles
+ * (beta ... num_items_in_batch, kl_clamp, clip_ratio_c), 4 Py_ssize_t (num_processes ...
+ * max_completion_length), 3 int32 (kl_estimator, use_kl_clamp, use_clip_ratio_c). The tuple's
+ * order groups the kinds (the torch layer splits it into ints and floats); the struct's order is
+ * the header's.
+ */
+int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    return PyArg_ParseTuple(tuple, "iiiiiddddddddddddddddnnnniii:loss config", &cfg->loss_type,
+                            &cfg->importance_sampling_level, &cfg->use_bias_correction_kl, &cfg->use_delta,
+                            &cfg->use_off_policy_mask, &cfg->beta, &cfg->epsilon, &cfg->epsilon_high, &cfg->delta,
+                            &cfg->off_policy_mask_threshold, &cfg->top_entropy_quantile, &cfg->entropy_coef,
+                            &cfg->sapo_temperature_pos, &cfg->sapo_temperature_neg, &cfg->vespo_k_pos,
+                            &cfg->vespo_lambda_pos, &cfg->vespo_k_neg, &cfg->vespo_lambda_neg,
+                            &cfg->num_items_in_batch, &cfg->kl_clamp, &cfg->clip_ratio_c, &cfg->num_processes,
+                            &cfg->gradient_accumulation_steps, &cfg->steps_per_generation,
+                            &cfg->max_completion_length, &cfg->kl_estimator, &cfg->use_kl_clamp,
+                            &cfg->use_clip_ratio_c) ? 0 : -1;
+}
+
+/* The grpo_loss_metrics fields in header order, as a tuple of floats. */
+PyObject *gs_loss_metrics_tuple(const grpo_loss_metrics *m) {
+    return Py_BuildValue("(dddddddddddddddddd)", m->loss, m->policy_loss, m->policy_term, m->kl_term,
+                         m->entropy_term, m->kl, m->entropy, m->clip_ratio_low_mean, m->clip_ratio_high_mean,
+                         m->clip_ratio_region_mean, m->clip_ratio_low_min, m->clip_ratio_high_max,
+                         m->cispo_clip_ratio, m->vespo_phi_seq_mean, m->num_tokens, m->num_entropy_tokens,
+                         m->num_off_policy_dropped, m->pg_clipfrac_lower);
+}
+
+/*
  * policy_loss(fn, logps, old_logps, ref_logps, sampling_logps, entropies, advantages, mask,
  *             importance_sampling_ratio, config, out_grad, out_grad_entropies) -> tuple
  * fn: the public function's name (for messages). Float (B,T) inputs share logps' dtype
  * (float32 'f', float64 'd', float16 'e', bfloat16 as int16 bits 'h'); advantages and the IS
  * ratio share one float dtype of their own; mask (B,T) uint8 0/1. config: the tuple built by
  * grpo_swift._loss.LossConfig._native. out_grad / out_grad_entropies: None or writable (B,T)
- * float32 (float64 when logps is float64). Returns the 17 grpo_loss_metrics fields in order.
+ * float32 (float64 when logps is float64). Returns the 18 grpo_loss_metrics fields in order.
  */
 static PyObject *loss_policy_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -50,17 +83,8 @@ static PyObject *loss_policy_loss(PyObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "policy_loss(): argument 'fn' must be a str");
         return NULL;
     }
-    grpo_loss_config cfg = {0};
-    if (!PyArg_ParseTuple(args[9], "iiiiiddddddddddddddnnnn:policy_loss config", &cfg.loss_type,
-                          &cfg.importance_sampling_level, &cfg.use_bias_correction_kl, &cfg.use_delta,
-                          &cfg.use_off_policy_mask, &cfg.beta, &cfg.epsilon, &cfg.epsilon_high, &cfg.delta,
-                          &cfg.off_policy_mask_threshold, &cfg.top_entropy_quantile, &cfg.entropy_coef,
-                          &cfg.sapo_temperature_pos, &cfg.sapo_temperature_neg, &cfg.vespo_k_pos,
-                          &cfg.vespo_lambda_pos, &cfg.vespo_k_neg, &cfg.vespo_lambda_neg,
-                          &cfg.num_items_in_batch, &cfg.num_processes, &cfg.gradient_accumulation_steps,
-                          &cfg.steps_per_generation, &cfg.max_completion_length)) {
-        return NULL;
-    }
+    grpo_loss_config cfg;
+    if (gs_loss_config_arg(args[9], &cfg) != 0) return NULL;
 
     gs_buffers set = {.count = 0};
     PyObject *result = NULL;
@@ -123,11 +147,7 @@ static PyObject *loss_policy_loss(PyObject *self, PyObject *const *args, Py_ssiz
         gs_raise_status(st, fn, err);
         goto exit;
     }
-    result = Py_BuildValue("(ddddddddddddddddd)", m.loss, m.policy_loss, m.policy_term, m.kl_term,
-                           m.entropy_term, m.kl, m.entropy, m.clip_ratio_low_mean, m.clip_ratio_high_mean,
-                           m.clip_ratio_region_mean, m.clip_ratio_low_min, m.clip_ratio_high_max,
-                           m.cispo_clip_ratio, m.vespo_phi_seq_mean, m.num_tokens, m.num_entropy_tokens,
-                           m.num_off_policy_dropped);
+    result = gs_loss_metrics_tuple(&m);
 exit:
     gs_release(&set);
     return result;
@@ -136,6 +156,6 @@ exit:
 PyMethodDef gs_loss_methods[] = {
     {"policy_loss", (PyCFunction)(void (*)(void))loss_policy_loss, METH_FASTCALL,
      "policy_loss(fn, logps, old_logps, ref_logps, sampling_logps, entropies, advantages, mask, "
-     "importance_sampling_ratio, config, out_grad, out_grad_entropies) -> tuple of 17 floats"},
+     "importance_sampling_ratio, config, out_grad, out_grad_entropies) -> tuple of 18 floats"},
     {NULL, NULL, 0, NULL},
 };

@@ -64,8 +64,12 @@ def trl_loss(
     off_policy_mask_threshold=None,
     top_entropy_quantile=1.0,
     entropy_coef=0.0,
+    trainer_cls=GRPOTrainer,
 ):
-    """Returns (loss: float, grad_logps: ndarray, grad_entropies: ndarray | None, metrics: dict)."""
+    """Returns (loss: float, grad_logps: ndarray, grad_entropies: ndarray | None, metrics: dict).
+
+    trainer_cls: GRPOTrainer or a subclass overriding _compute_loss (e.g. TRL's experimental
+    GMPOTrainer, which reads the same attributes)."""
     dtype = torch.float64 if np.asarray(logps).dtype == np.float64 else torch.float32
     B, T = np.asarray(logps).shape
     lp = torch.tensor(np.asarray(logps), dtype=dtype, requires_grad=True)
@@ -73,7 +77,7 @@ def trl_loss(
     ent_np = np.asarray(entropies) if ent_given else np.ones((B, T))
     ent = torch.tensor(ent_np, dtype=dtype, requires_grad=True)
 
-    trainer = GRPOTrainer.__new__(GRPOTrainer)
+    trainer = trainer_cls.__new__(trainer_cls)
     acc = _Accelerator()
     acc.num_processes = num_processes
     trainer.accelerator = acc

@@ -128,6 +128,39 @@ def test_fuzz_grpo_loss_masked_garbage_never_leaks(b, t, loss_type, level, beta,
         assert (np.isnan(v) and np.isnan(dirty.metrics[k])) or v == dirty.metrics[k], k
 
 
+# Issue-11 options (KL estimators + clamp, GMPO, sequence_token, dual clip): same property.
+LOSS_EXTRAS = [dict(loss_type="gmpo", epsilon=0.4), dict(loss_type="dapo", importance_sampling_level="sequence_token"),
+               dict(loss_type="grpo", kl_estimator="k3+", kl_clamp=10.0), dict(loss_type="bnpo", kl_estimator="abs"),
+               dict(loss_type="luspo", kl_estimator="k1", importance_sampling_level="sequence"),
+               dict(loss_type="grpo", clip_ratio_c=1.5), dict(loss_type="dapo", clip_ratio_c=1.2, kl_estimator="k2")]
+
+
+@FUZZ
+@given(b=st.integers(1, 5), t=st.integers(1, 9), extra=st.sampled_from(range(len(LOSS_EXTRAS))),
+       beta=st.sampled_from([0.0, 0.04]), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31),
+       junk=special)
+def test_fuzz_loss_extras_masked_garbage_never_leaks(b, t, extra, beta, dtype, seed, junk):
+    rng = np.random.default_rng(seed)
+    logps = -rng.exponential(1.0, size=(b, t))
+    old = logps + rng.normal(0, 0.5, size=(b, t))
+    ref = logps + rng.normal(0, 0.5, size=(b, t))
+    adv = rng.normal(size=b)
+    mask = rng.random((b, t)) < 0.7
+    kw = dict(LOSS_EXTRAS[extra], beta=beta)
+    clean = grpo_swift.grpo_loss(logps.astype(dtype), adv, mask, old_logps=old.astype(dtype),
+                                 ref_logps=ref.astype(dtype), **kw)
+    dirty_l, dirty_o, dirty_r = (np.where(mask, a, junk).astype(dtype) for a in (logps, old, ref))
+    dirty = grpo_swift.grpo_loss(dirty_l, adv, mask, old_logps=dirty_o, ref_logps=dirty_r, **kw)
+    assert np.isfinite(clean.loss)
+    assert dirty.loss == clean.loss
+    assert np.array_equal(dirty.grad, clean.grad)
+    assert np.all(dirty.grad[~mask] == 0.0)
+    if not mask.any():
+        assert clean.loss == 0.0 and np.all(clean.grad == 0.0)
+    for k, v in clean.metrics.items():
+        assert (np.isnan(v) and np.isnan(dirty.metrics[k])) or v == dirty.metrics[k], k
+
+
 @FUZZ
 @given(logps=bad_values, adv=bad_values, mask=bad_values, loss_type=st.one_of(st.sampled_from(LOSS_TYPES), st.text(max_size=4)))
 def test_fuzz_grpo_loss_bad_input_raises_cleanly(logps, adv, mask, loss_type):

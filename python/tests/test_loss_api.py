@@ -71,10 +71,10 @@ def test_wrong_dtypes():
 def test_unknown_choices_list_the_valid_ones():
     lp, old, ref, ent, adv, mask = inputs()
     with pytest.raises(ValueError, match=r"argument 'loss_type' must be one of 'grpo', 'bnpo', 'dr_grpo', "
-                                         r"'dapo', 'luspo', 'cispo', 'sapo', 'vespo', got 'ppo'"):
+                                         r"'dapo', 'luspo', 'cispo', 'sapo', 'vespo', 'gmpo', got 'ppo'"):
         grpo_loss(lp, adv, mask, loss_type="ppo")
     with pytest.raises(ValueError, match=r"argument 'importance_sampling_level' must be one of 'token', "
-                                         r"'sequence', got 'batch'"):
+                                         r"'sequence', 'sequence_token', got 'batch'"):
         grpo_loss(lp, adv, mask, importance_sampling_level="batch")
 
 

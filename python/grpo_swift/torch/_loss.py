@@ -47,10 +47,12 @@ from ._interop import buffer_of, check_tensor
 
 __all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
 
-# Layout of LossConfig._native_args: 5 int32 flags/enums, 14 doubles, 4 Py_ssize_t.
-_N_LEAD_INTS, _N_FLOATS = 5, 14
+# Layout of LossConfig._native_args: 5 int32 flags/enums, 16 doubles, 4 Py_ssize_t, 3 int32 (kl_estimator,
+# use_kl_clamp, use_clip_ratio_c).
+_N_LEAD_INTS, _N_FLOATS = 5, 16
 _ENTROPY_COEF = 11          # index in _native_args
 _NUM_ITEMS = 18             # index in _native_args (num_items_in_batch; < 0: this call's tokens)
+_USE_CLIP_RATIO_C = 11      # index in the ints of _split_config (the dual-clip flag)
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                 torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -81,8 +83,8 @@ def _split_config(native_args: tuple) -> tuple[list[int], list[float]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool) -> frozenset[int]:
-    view = types.SimpleNamespace(loss_type=LOSS_TYPES[loss_type], beta=beta)
+def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool, dual_clip: bool) -> frozenset[int]:
+    view = types.SimpleNamespace(loss_type=LOSS_TYPES[loss_type], beta=beta, clip_ratio_c=1.0 if dual_clip else None)
     names = ("loss",) + LossConfig.logged_metrics(view, has_ref, has_ent) + _EXTRA_METRICS
     return frozenset(_METRIC_FIELDS.index(k) for k in names)
 
@@ -131,7 +133,7 @@ def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch
                       num_items_in_batch: Optional[torch.Tensor], config_ints: list[int],
                       config_floats: list[float], compute_grad: bool, fn: str
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, metrics (17,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
+    """(loss, metrics (18,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
     (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
     native = (*config_ints[:_N_LEAD_INTS], *config_floats, *config_ints[_N_LEAD_INTS:])
     if num_items_in_batch is not None:
@@ -150,7 +152,8 @@ def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch
                           grad.numpy() if compute_grad else None, grad_h.numpy() if with_h else None)
     # The kernel reports the metrics this configuration does not log as NaN; they are 0 here so
     # that the op's outputs compare equal across runs (NaN != NaN), and never reach the user.
-    logged = _logged_indices(config_ints[0], config_floats[0], ref_logps is not None, entropies is not None)
+    logged = _logged_indices(config_ints[0], config_floats[0], ref_logps is not None, entropies is not None,
+                             bool(config_ints[_USE_CLIP_RATIO_C]))
     values = [v if i in logged else 0.0 for i, v in enumerate(values)]
     return (torch.tensor(values[0], dtype=out_dtype), torch.tensor(values, dtype=torch.float64), grad, grad_h)
 
