@@ -46,6 +46,7 @@ func lossConfig(_ cfg: UnsafePointer<grpo_loss_config>?) throws(GRPOError) -> Lo
         throw GRPOError(.value, "max_completion_length must be >= 1 (or 0 when not given), got \(c.max_completion_length)")
     }
     cfg.maxCompletionLength = c.max_completion_length == 0 ? nil : c.max_completion_length
+    cfg.entropyThreshold = try flag(c.use_entropy_threshold, "use_entropy_threshold") ? c.entropy_threshold : nil
     return cfg
 }
 

@@ -88,6 +88,10 @@ def _check_options(fn: str, o: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{fn}(): loss_type 'dr_grpo' normalises by max_completion_length: pass "
                          f"max_completion_length (TRL's GRPOConfig.max_completion_length)")
     o["num_items_in_batch"] = _count(o["num_items_in_batch"], fn, "num_items_in_batch")
+    o["entropy_threshold"] = _optional_real(o["entropy_threshold"], fn, "entropy_threshold", finite=False)
+    if o["entropy_threshold"] is not None and q >= 1.0:
+        raise ValueError(f"{fn}(): argument 'entropy_threshold' is used only by the high-entropy mask "
+                         f"(top_entropy_quantile < 1), but top_entropy_quantile is {q}")
     return o
 
 
@@ -103,6 +107,11 @@ class LossConfig:
     tokens of this call) and `steps_per_generation` defaults to gradient_accumulation_steps;
     dr_grpo needs `max_completion_length`. For TRL's eval mode pass
     gradient_accumulation_steps=1 and steps_per_generation=1.
+
+    `entropy_threshold` (with top_entropy_quantile < 1) replaces the quantile of this call's
+    valid entropies by a threshold the caller computed: in multi-process training TRL takes the
+    quantile of the entropies of every process (`grpo_swift.distributed.entropy_threshold`).
+    NaN selects no token (TRL's empty or NaN quantile).
     """
 
     loss_type: LossType = "dapo"
@@ -126,6 +135,7 @@ class LossConfig:
     off_policy_mask_threshold: float | None = None
     top_entropy_quantile: float = 1.0
     entropy_coef: float = 0.0
+    entropy_threshold: float | None = None
 
     def __post_init__(self) -> None:
         checked = _check_options("LossConfig", {n: getattr(self, n) for n in _FIELD_NAMES})
@@ -168,6 +178,8 @@ class LossConfig:
             self.vespo_lambda_neg, -1.0 if self.num_items_in_batch is None else self.num_items_in_batch,
             self.num_processes, self.gradient_accumulation_steps, self.steps_per_generation or 0,
             self.max_completion_length or 0,
+            int(self.entropy_threshold is not None),
+            self.entropy_threshold if self.entropy_threshold is not None else 0.0,
         )
 
     def logged_metrics(self, has_ref: bool, has_entropies: bool) -> tuple[str, ...]:
@@ -294,6 +306,7 @@ def grpo_loss(
     top_entropy_quantile: float = 1.0,
     entropy_coef: float = 0.0,
     compute_grad: bool = True,
+    entropy_threshold: float | None = None,
 ) -> LossResult:
     """The GRPO policy loss of TRL 1.16 (`GRPOTrainer._compute_loss`), its gradient and metrics.
 
@@ -320,6 +333,9 @@ def grpo_loss(
         entropies: (B, T) per-token entropies: needed for top_entropy_quantile < 1 and
             entropy_coef != 0; gives the `entropy` metric.
         compute_grad: False skips the gradients.
+        entropy_threshold: with top_entropy_quantile < 1, the high-entropy threshold computed by
+            the caller instead of the quantile of this call's entropies (multi-process: see
+            `grpo_swift.distributed.entropy_threshold`); NaN selects no token.
 
     Returns:
         LossResult(loss, grad, grad_entropies, metrics). Masked positions never affect the
@@ -335,7 +351,7 @@ def grpo_loss(
         num_items_in_batch=num_items_in_batch, num_processes=num_processes,
         gradient_accumulation_steps=gradient_accumulation_steps, steps_per_generation=steps_per_generation,
         off_policy_mask_threshold=off_policy_mask_threshold, top_entropy_quantile=top_entropy_quantile,
-        entropy_coef=entropy_coef)
+        entropy_coef=entropy_coef, entropy_threshold=entropy_threshold)
     return loss_with_config(logps, advantages, mask, config, old_logps=old_logps, ref_logps=ref_logps,
                             sampling_logps=sampling_logps, entropies=entropies,
                             importance_sampling_ratio=importance_sampling_ratio, compute_grad=compute_grad,

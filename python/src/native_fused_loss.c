@@ -60,14 +60,15 @@ static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_
         return NULL;
     }
     grpo_loss_config cfg = {0};
-    if (!PyArg_ParseTuple(args[18], "iiiiiddddddddddddddnnnn:fused_linear_loss config", &cfg.loss_type,
+    if (!PyArg_ParseTuple(args[18], "iiiiiddddddddddddddnnnnid:fused_linear_loss config", &cfg.loss_type,
                           &cfg.importance_sampling_level, &cfg.use_bias_correction_kl, &cfg.use_delta,
                           &cfg.use_off_policy_mask, &cfg.beta, &cfg.epsilon, &cfg.epsilon_high, &cfg.delta,
                           &cfg.off_policy_mask_threshold, &cfg.top_entropy_quantile, &cfg.entropy_coef,
                           &cfg.sapo_temperature_pos, &cfg.sapo_temperature_neg, &cfg.vespo_k_pos,
                           &cfg.vespo_lambda_pos, &cfg.vespo_k_neg, &cfg.vespo_lambda_neg,
                           &cfg.num_items_in_batch, &cfg.num_processes, &cfg.gradient_accumulation_steps,
-                          &cfg.steps_per_generation, &cfg.max_completion_length)) {
+                          &cfg.steps_per_generation, &cfg.max_completion_length,
+                          &cfg.use_entropy_threshold, &cfg.entropy_threshold)) {
         return NULL;
     }
     grpo_lm_head_config head = {0};

@@ -51,14 +51,15 @@ static PyObject *loss_policy_loss(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     grpo_loss_config cfg = {0};
-    if (!PyArg_ParseTuple(args[9], "iiiiiddddddddddddddnnnn:policy_loss config", &cfg.loss_type,
+    if (!PyArg_ParseTuple(args[9], "iiiiiddddddddddddddnnnnid:policy_loss config", &cfg.loss_type,
                           &cfg.importance_sampling_level, &cfg.use_bias_correction_kl, &cfg.use_delta,
                           &cfg.use_off_policy_mask, &cfg.beta, &cfg.epsilon, &cfg.epsilon_high, &cfg.delta,
                           &cfg.off_policy_mask_threshold, &cfg.top_entropy_quantile, &cfg.entropy_coef,
                           &cfg.sapo_temperature_pos, &cfg.sapo_temperature_neg, &cfg.vespo_k_pos,
                           &cfg.vespo_lambda_pos, &cfg.vespo_k_neg, &cfg.vespo_lambda_neg,
                           &cfg.num_items_in_batch, &cfg.num_processes, &cfg.gradient_accumulation_steps,
-                          &cfg.steps_per_generation, &cfg.max_completion_length)) {
+                          &cfg.steps_per_generation, &cfg.max_completion_length,
+                          &cfg.use_entropy_threshold, &cfg.entropy_threshold)) {
         return NULL;
     }
 

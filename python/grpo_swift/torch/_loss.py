@@ -47,8 +47,10 @@ from ._interop import buffer_of, check_tensor
 
 __all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
 
-# Layout of LossConfig._native_args: 5 int32 flags/enums, 14 doubles, 4 Py_ssize_t.
-_N_LEAD_INTS, _N_FLOATS = 5, 14
+# Layout of LossConfig._native_args: 5 int32 flags/enums, 14 doubles, 4 Py_ssize_t, then the appended
+# use_entropy_threshold (int32) and entropy_threshold (double). The op carries the ints and the doubles
+# as two lists (_split_config / _join_config).
+_N_LEAD_INTS, _N_FLOATS, _N_MID_INTS = 5, 14, 4
 _ENTROPY_COEF = 11          # index in _native_args
 _NUM_ITEMS = 18             # index in _native_args (num_items_in_batch; < 0: this call's tokens)
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -76,8 +78,16 @@ def _config_from_options(fn: str, items: tuple) -> LossConfig:
 
 
 def _split_config(native_args: tuple) -> tuple[list[int], list[float]]:
-    ints = list(native_args[:_N_LEAD_INTS]) + list(native_args[_N_LEAD_INTS + _N_FLOATS:])
-    return ints, list(native_args[_N_LEAD_INTS:_N_LEAD_INTS + _N_FLOATS])
+    a = _N_LEAD_INTS
+    b = a + _N_FLOATS
+    c = b + _N_MID_INTS
+    return [*native_args[:a], *native_args[b:c], native_args[c]], [*native_args[a:b], native_args[c + 1]]
+
+
+def _join_config(ints: list[int], floats: list[float]) -> tuple:
+    a = _N_LEAD_INTS
+    m = a + _N_MID_INTS
+    return (*ints[:a], *floats[:_N_FLOATS], *ints[a:m], ints[m], floats[_N_FLOATS])
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,7 +143,7 @@ def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, metrics (17,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
     (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
-    native = (*config_ints[:_N_LEAD_INTS], *config_floats, *config_ints[_N_LEAD_INTS:])
+    native = _join_config(config_ints, config_floats)
     if num_items_in_batch is not None:
         n = float(num_items_in_batch.item())
         if not n >= 0.0 or n == float("inf"):
