@@ -3,8 +3,6 @@ accelerate launch). Not collected by pytest.
 
     python _dist_worker.py grads OUT_DIR       gradients after DDP all-reduce vs single process, every loss type
     python _dist_worker.py trainer OUT_DIR     SwiftGRPOTrainer and stock trl.GRPOTrainer, 3 steps each
-    python _dist_worker.py hang OUT_DIR        rank 0 blocks in a collective, rank 1 sleeps ignoring SIGTERM
-    python _dist_worker.py fail OUT_DIR        rank 1 raises; rank 0 waits in a collective
 
 Each rank writes OUT_DIR/<mode>-rank<r>.pt; pytest compares. A faulthandler watchdog
 (GRPO_DIST_WATCHDOG seconds) exits the process on its own if it outlives its launcher's timeout.
@@ -13,15 +11,11 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import signal
 import sys
-import time
 from datetime import timedelta
 
-faulthandler.dump_traceback_later(float(os.environ.get("GRPO_DIST_WATCHDOG", "600")), exit=True)
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
 TIMEOUT = timedelta(seconds=float(os.environ.get("GRPO_DIST_COLLECTIVE_TIMEOUT", "120")))
 
@@ -39,11 +33,6 @@ CASES = {
                               delta=1.6), 1),
     "ga2-spg2-entropy": (dict(beta=0.02, top_entropy_quantile=0.5, entropy_coef=0.1, steps_per_generation=2), 2),
 }
-
-
-def _init_gloo() -> tuple[int, int]:
-    dist.init_process_group("gloo", timeout=TIMEOUT)
-    return dist.get_rank(), dist.get_world_size()
 
 
 class TinyPolicy(torch.nn.Module):
@@ -127,6 +116,14 @@ def grads_main(out_dir: str) -> None:
                     options["epsilon_high"] = 1.1
                 results["cases"][(str(dtype), case, loss_type)] = run_case(
                     acc, DDP, gsd, gst, make_trainer, data, adv, options, ga, rank, W, dtype)
+    # An input error on one process raises on every process (no process is left in a collective).
+    lp = torch.zeros(3, 4, requires_grad=True)
+    bad_mask = torch.ones(3, 5 if rank == 1 else 4)
+    try:
+        gsd.grpo_loss(lp, torch.zeros(3), bad_mask, loss_type="dapo")
+        results["error"] = None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        results["error"] = (type(exc).__name__, str(exc))
     torch.save(results, os.path.join(out_dir, f"grads-rank{rank}.pt"))
     dist.barrier()
 
@@ -224,30 +221,7 @@ def trainer_main(out_dir: str) -> None:
     torch.save(results, os.path.join(out_dir, f"trainer-rank{rank}.pt"))
 
 
-# ---------------------------------------------------------------------------------------------
-# Failure modes (for the clean-up tests)
-
-
-def hang_main(out_dir: str) -> None:
-    rank, _ = _init_gloo()
-    with open(os.path.join(out_dir, f"hang-rank{rank}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    if rank == 1:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
-        while True:
-            time.sleep(1)
-    dist.barrier()  # waits for rank 1 forever (until the collective timeout)
-
-
-def fail_main(out_dir: str) -> None:
-    rank, _ = _init_gloo()
-    with open(os.path.join(out_dir, f"fail-rank{rank}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    if rank == 1:
-        raise RuntimeError("deliberate failure on rank 1")
-    dist.barrier()
-
-
 if __name__ == "__main__":
+    faulthandler.dump_traceback_later(float(os.environ.get("GRPO_DIST_WATCHDOG", "600")), exit=True)
     mode, out = sys.argv[1], sys.argv[2]
-    {"grads": grads_main, "trainer": trainer_main, "hang": hang_main, "fail": fail_main}[mode](out)
+    {"grads": grads_main, "trainer": trainer_main}[mode](out)
