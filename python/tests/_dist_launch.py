@@ -116,12 +116,12 @@ def cleanup(proc: subprocess.Popen, pids: set[int], grace: float = 5.0) -> None:
 
 
 def launch(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None, log_path: str,
-           check: bool = True) -> LaunchResult:
+           check: bool = True, grace: float = 5.0) -> LaunchResult:
     """Runs `cmd` in a new session with a hard `timeout` (seconds); returns its output.
 
     Every descendant is tracked while it runs; all of them are killed when the command ends,
-    fails or times out, or when this function is interrupted. Raises LaunchError when `check`
-    and the command failed or timed out."""
+    fails or times out, or when this function is interrupted (SIGTERM, SIGKILL after `grace`
+    seconds). Raises LaunchError when `check` and the command failed or timed out."""
     start = time.monotonic()
     pids: set[int] = set()
     timed_out = False
@@ -141,7 +141,7 @@ def launch(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None,
                     break
                 time.sleep(0.1)
         finally:
-            cleanup(proc, pids)
+            cleanup(proc, pids, grace)
     with open(log_path, "rb") as f:
         output = f.read().decode("utf-8", "replace")
     result = LaunchResult(proc.returncode, output, time.monotonic() - start, timed_out, pids)
