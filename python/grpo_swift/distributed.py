@@ -71,8 +71,13 @@ import math
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
-import torch
-import torch.distributed as dist
+
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError("grpo_swift.distributed needs PyTorch (torch.distributed): pip install 'grpo-swift[torch]' "
+                      "(or pip install torch)") from exc
 
 from ._advantages import AdvantagesResult
 from ._loss import _CLIPPED, _METRIC_FIELDS, LossConfig

@@ -66,6 +66,8 @@ def test_one_process_helpers():
     tres = gsd.group_advantages(t, 2, scale_rewards="batch")
     assert isinstance(tres.advantages, torch.Tensor)
     assert torch.equal(tres.advantages, gst.group_advantages(t, 2, scale_rewards="batch").advantages)
+    assert tres.result.frac_reward_zero_std == 0.0  # one batch std, not zero
+    assert gsd.group_advantages(t, 2).result.frac_reward_zero_std == pytest.approx(1 / 3)  # bool tensors too
     x = np.arange(6.0)
     assert gsd.gather_rows(x) == (x, 0)
     p = problem(2)
@@ -191,3 +193,20 @@ def test_reduction_rules_follow_trl_logging():
         assert out["vespo/phi_seq_mean"] == pytest.approx((1.0 * phi_count[0] + 2.0 * phi_count[1]) / sum(phi_count))
         assert out["clip_ratio/low_min"] == 0.25 and out["clip_ratio/high_max"] == 0.75
         assert out["policy_loss"] == 1.0 and out["policy_term"] == 2.0 and out["num_tokens"] == 40.0
+
+
+def test_import_without_torch_says_what_to_install():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import grpo_swift\n"
+            "try:\n"
+            "    import grpo_swift.distributed\n"
+            "except ImportError as e:\n"
+            "    print('IMPORTERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "IMPORTERROR" in out.stdout and "pip install" in out.stdout and "torch.distributed" in out.stdout

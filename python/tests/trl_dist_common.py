@@ -29,7 +29,9 @@ DIST_CASES = {
     # per_device 2 < num_generations 4: every group spans the two processes.
     "dapo-split-beta": (dict(loss_type="dapo", beta=0.04), 2, True),
     "grpo-ga2-iter2": (dict(loss_type="grpo", gradient_accumulation_steps=2, num_iterations=2), 4, True),
-    "bnpo-entropy-quantile": (dict(loss_type="bnpo", top_entropy_quantile=0.5, entropy_coef=0.05), 4, False),
+    # The adaptive entropy coefficient (its window reduced over the processes) on the gathered high-entropy mask.
+    "bnpo-adaptive-entropy-quantile": (dict(loss_type="bnpo", top_entropy_quantile=0.5, use_adaptive_entropy=True,
+                                            entropy_coef=0.05, entropy_target=5.0, entropy_coef_delta=0.01), 4, False),
 }
 
 
