@@ -46,8 +46,11 @@ for the high-entropy quantile):
   different row or token counts per process: grpo/sapo/dr_grpo/luspo by W B_r / B, bnpo by
   W T_r / T, the entropy bonus by W E_r / E (B, T, E the row, token and high-entropy-token
   counts over all processes; the scale of the policy+KL part and of the entropy part are applied
-  to their own gradients). The two modes differ only for bnpo, the entropy bonus and uneven row
-  counts; dapo/cispo/vespo are already global in TRL.
+  to their own gradients). With gradient accumulation each call is one micro-batch: the
+  reference is one process holding the union of the processes' k-th micro-batches, with the
+  same GA and S (TRL's single-process bnpo also normalises each micro-batch by its own
+  tokens). The two modes differ only for bnpo, the entropy bonus and uneven row counts;
+  dapo/cispo/vespo are already global in TRL.
 * High-entropy mask (top_entropy_quantile < 1): TRL's ``get_high_entropy_mask`` takes
   ``torch.quantile`` of the valid entropies gathered from every process; so does
   `entropy_threshold`, whose value the kernel then uses (LossConfig.entropy_threshold) instead
@@ -80,7 +83,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
                       "(or pip install torch)") from exc
 
 from ._advantages import AdvantagesResult
-from ._loss import _CLIPPED, _METRIC_FIELDS, LossConfig
+from ._loss import LossConfig
 from .torch import _loss as _tloss
 from .torch import group_advantages as _torch_group_advantages
 
@@ -114,7 +117,6 @@ METRIC_REDUCTIONS: dict[str, str] = {
 }
 
 _NORMALIZATIONS = ("global", "trl")
-_HEADER = 4  # ok, rows, tokens, valid entropies
 
 
 # ---------------------------------------------------------------------------------------------
