@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup install test swift-test py-test demo bench hardening fuzz sanitize clean
+.PHONY: setup install test swift-test py-test demo bench hardening fuzz sanitize clean dist-full
 
 setup:
 	@bash scripts/setup.sh "$(VENV)" "$(PYTHON)"
@@ -34,6 +34,10 @@ bench: install
 # Issue-10 budgets: 8 Python threads x 1000 calls per kernel, 100,000 calls for the leak check.
 hardening: install
 	GRPO_HARDENING_SCALE=10 $(PY) -m pytest python/tests/test_hardening.py -q
+
+# Multi-process tests with the bigger budget: also the trainer under torchrun and the 2-process example.
+dist-full: install
+	GRPO_DIST_FULL=1 $(PY) -m pytest python/tests/test_distributed.py -q
 
 # Property-based fuzzing: 6 properties x 3500 examples = 21,000 cases.
 fuzz: install

@@ -198,7 +198,15 @@ grpo_status grpo_group_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
  * Entropy bonus (entropy_coef != 0): loss -= entropy_coef * sum(H e) / max(sum e, 1) / GA with
  * e = m (times the high-entropy mask when top_entropy_quantile < 1).
  * High-entropy mask (top_entropy_quantile < 1): keep valid tokens with H >= q, q the
- * torch.quantile (linear interpolation, float32) of the valid entropies at 1 - top_entropy_quantile.
+ * torch.quantile (linear interpolation, float32) of the valid entropies at 1 - top_entropy_quantile,
+ * or the caller's q (use_entropy_threshold: TRL takes the quantile over every process's entropies).
+ *
+ * Multi-process (W > 1, data-parallel): each process calls the kernel on its own rows with W and
+ * the global N; the gradients are then averaged by the data-parallel all-reduce. For dapo, cispo
+ * and vespo that average is the single-process gradient of the union of the rows; for grpo, sapo,
+ * dr_grpo and luspo too when every process holds the same number of rows; bnpo and the entropy
+ * bonus normalise by this call's tokens (TRL's per-process semantics). python/grpo_swift/
+ * distributed.py documents and implements the cross-process parts.
  *
  * Masked positions (m = 0) never affect anything, whatever they hold (NaN/inf included); a fully
  * masked batch gives loss 0 and gradient 0. Deviations from TRL (both only where TRL would read
@@ -323,6 +331,17 @@ typedef struct grpo_loss_config {
     int32_t reserved2;
     double kl_clamp;
     double clip_ratio_c;
+    /* Appended by issue 9 (multi-process). */
+    /** 1: the high-entropy mask uses `entropy_threshold` instead of the quantile of this call's
+        valid entropies (requires top_entropy_quantile < 1). Multi-process training: TRL's
+        get_high_entropy_mask takes torch.quantile of the entropies gathered from every process;
+        the caller computes that threshold and passes it here. 0: computed by the kernel. */
+    int32_t use_entropy_threshold;
+    int32_t reserved_entropy_threshold;
+    /** A token is high-entropy when its entropy >= this value, compared in the per-token
+        precision (float32, float64 for GRPO_F64 inputs). NaN selects no token (TRL's empty or
+        NaN quantile). Read only when use_entropy_threshold == 1. */
+    double entropy_threshold;
 } grpo_loss_config;
 
 /**

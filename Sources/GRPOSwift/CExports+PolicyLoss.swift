@@ -54,6 +54,7 @@ func lossConfig(_ cfg: UnsafePointer<grpo_loss_config>?) throws(GRPOError) -> Lo
     cfg.klEstimator = estimator
     cfg.klClamp = try flag(c.use_kl_clamp, "use_kl_clamp") ? c.kl_clamp : nil
     cfg.clipRatioC = try flag(c.use_clip_ratio_c, "use_clip_ratio_c") ? c.clip_ratio_c : nil
+    cfg.entropyThreshold = try flag(c.use_entropy_threshold, "use_entropy_threshold") ? c.entropy_threshold : nil
     return cfg
 }
 

@@ -3,7 +3,8 @@
 //
 // Structure:
 //   1. pre-pass over the mask: row lengths L_i (and validation of the 0/1 bytes);
-//   2. (high-entropy mask only) the torch.quantile threshold of the valid entropies;
+//   2. (high-entropy mask only) the torch.quantile threshold of the valid entropies, unless
+//      the caller gives it (LossConfig.entropyThreshold: the quantile over every process);
 //   3. main pass, parallel over rows: per-row statistics (sequence log-ratio, vespo weight,
 //      off-policy KL), then per token the loss, its derivative and the metric counts;
 //      per-row partial sums are stored by row index;
@@ -140,7 +141,10 @@ public enum PolicyLoss {
         let useEntropyMask = cfg.topEntropyQuantile < 1
         var entropyThreshold = R(0)
         var entropyMaskAll0 = false
-        if useEntropyMask, let ent = inp.entropies {
+        if useEntropyMask, let external = cfg.entropyThreshold {
+            entropyThreshold = R(external)  // computed by the caller (e.g. over every process)
+            if external.isNaN { entropyMaskAll0 = true }
+        } else if useEntropyMask, let ent = inp.entropies {
             var values = [Float]()
             values.reserveCapacity(totalTokens)
             for k in 0..<n where mask[k] != 0 { values.append(Float(ent[k].real)) }

@@ -78,6 +78,11 @@ public struct LossConfig: Sendable, Equatable {
     public var klClamp: Double? = nil
     /// Dual-clip PPO (verl `clip_ratio_c`, > 1): for A < 0 the clipped loss is capped at -A c; nil: off.
     public var clipRatioC: Double? = nil
+    /// The high-entropy mask's threshold computed by the caller (multi-process training:
+    /// TRL's `get_high_entropy_mask` takes the quantile of the entropies gathered from every
+    /// process); nil: the quantile of this call's valid entropies. Requires
+    /// topEntropyQuantile < 1; compared in the per-token precision; NaN selects no token.
+    public var entropyThreshold: Double? = nil
 
     public init(lossType: LossType = .dapo,
                 importanceSamplingLevel: ImportanceSamplingLevel = .token) {
@@ -122,6 +127,11 @@ public struct LossConfig: Sendable, Equatable {
         }
         guard gradientAccumulationSteps >= 1 else {
             throw GRPOError(.value, "gradient_accumulation_steps must be >= 1, got \(gradientAccumulationSteps)")
+        }
+        if entropyThreshold != nil && topEntropyQuantile >= 1 {
+            throw GRPOError(.value,
+                "entropy_threshold is given but top_entropy_quantile is \(topEntropyQuantile); the threshold is "
+                + "used only by the high-entropy mask (top_entropy_quantile < 1)")
         }
         if let s = stepsPerGeneration, s < 1 {
             throw GRPOError(.value, "steps_per_generation must be >= 1, got \(s)")

@@ -332,6 +332,52 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
         }
     }
 
+    /// A caller-given high-entropy threshold (multi-process: the quantile over every process)
+    /// replaces the kernel's own quantile: the same threshold gives the same bits; two halves of
+    /// a batch given the threshold of the whole batch, W = 2 and the global N, average to the
+    /// whole batch's gradient (what a data-parallel all-reduce computes); NaN selects no token.
+    @Test func externalEntropyThreshold() throws {
+        let p = LossProblem(B: 6, T: 9, seed: 31)
+        for level in ImportanceSamplingLevel.allCases {
+            var cfg = makeConfig(.dapo, level, beta: 0.04)
+            cfg.topEntropyQuantile = 0.4
+            var valid = [Float]()
+            for k in 0..<(p.B * p.T) where p.mask[k] != 0 { valid.append(Float(p.ent[k])) }
+            let q = try #require(PolicyLoss.torchQuantile(&valid, Float(1 - cfg.topEntropyQuantile)))
+            let own = try lossRun(p, cfg)
+            var given = cfg
+            given.entropyThreshold = Double(q)
+            let ext = try lossRun(p, given)
+            #expect(own.loss.bitPattern == ext.loss.bitPattern && own.grad == ext.grad)
+            #expect(sameBits(own.metrics, ext.metrics))
+
+            given.numItemsInBatch = own.metrics.numTokens
+            given.numProcesses = 2
+            var grad = [Double](), effTokens = 0.0
+            for half in 0..<2 {
+                let rows = (half * 3)..<(half * 3 + 3)
+                let sl = (rows.lowerBound * p.T)..<(rows.upperBound * p.T)
+                var h = p
+                h.B = 3
+                h.lp = Array(p.lp[sl]); h.old = Array(p.old[sl]); h.ref = Array(p.ref[sl])
+                h.ent = Array(p.ent[sl]); h.mask = Array(p.mask[sl]); h.adv = Array(p.adv[rows])
+                let r = try lossRun(h, given)
+                grad += r.grad.map { $0 / 2 }  // the all-reduce average over W = 2
+                effTokens += r.metrics.numEntropyTokens
+            }
+            #expect(effTokens == own.metrics.numEntropyTokens)
+            for k in 0..<(p.B * p.T) { #expect(abs(grad[k] - own.grad[k]) <= 1e-15, "\(level) \(k)") }
+
+            var none = cfg
+            none.entropyThreshold = .nan
+            let empty = try lossRun(p, none)
+            #expect(empty.metrics.numEntropyTokens == 0 && empty.metrics.policyTerm == 0)
+        }
+        var bad = makeConfig(.dapo, .token)
+        bad.entropyThreshold = 1
+        #expect(throws: GRPOError.self) { try lossRun(p, bad) }  // top_entropy_quantile is 1
+    }
+
     @Test func quantileMatchesLinearInterpolation() {
         var v: [Float] = [4, 1, 3, 2]
         #expect(PolicyLoss.torchQuantile(&v, 0.5) == 2.5)
@@ -423,6 +469,11 @@ func centralDifference(_ x: [Double], _ k: Int, h: Double = 1e-6, _ f: ([Double]
         #expect(call(1) == GRPO_ERR_VALUE)  // dr_grpo without max_completion_length
         cfg.loss_type = 3
         #expect(grpo_policy_loss(nil, &cfg, nil, nil, &metrics, nil, 0) == GRPO_ERR_NULL)
+        cfg.use_entropy_threshold = 2
+        #expect(call(1) == GRPO_ERR_VALUE)
+        cfg.use_entropy_threshold = 1
+        cfg.entropy_threshold = 0.5
+        #expect(call(1) == GRPO_ERR_VALUE)  // a threshold without top_entropy_quantile < 1
     }
 
     /// bf16 inputs give the f32 result of the bf16-rounded values.

@@ -38,7 +38,9 @@ class AdvantagesResult(NamedTuple):
     @property
     def frac_reward_zero_std(self) -> float:
         """Fraction of rows whose group has zero reward spread (TRL's metric)."""
-        return float(self.is_std_zero.mean()) if self.is_std_zero.size else 0.0
+        z = self.is_std_zero  # numpy or (grpo_swift.torch) a bool tensor, whose .mean() torch refuses
+        n = z.numel() if hasattr(z, "numel") else z.size
+        return float(z.sum()) / n if n else 0.0
 
 
 def _scale_name(scale_rewards: ScaleRewards) -> str:

@@ -94,6 +94,10 @@ def _check_options(fn: str, o: dict[str, Any]) -> dict[str, Any]:
                          f"max_completion_length (TRL's GRPOConfig.max_completion_length)")
     o["num_items_in_batch"] = _count(o["num_items_in_batch"], fn, "num_items_in_batch")
     _check_extra_options(fn, o)
+    o["entropy_threshold"] = _optional_real(o["entropy_threshold"], fn, "entropy_threshold", finite=False)
+    if o["entropy_threshold"] is not None and q >= 1.0:
+        raise ValueError(f"{fn}(): argument 'entropy_threshold' is used only by the high-entropy mask "
+                         f"(top_entropy_quantile < 1), but top_entropy_quantile is {q}")
     return o
 
 
@@ -146,6 +150,11 @@ class LossConfig:
     "low_var_kl", "kl", "mse" accepted), `kl_clamp` (clamp the per-token KL estimate to
     [-kl_clamp, kl_clamp]; verl uses 10 for k3; None: off, as TRL) and `clip_ratio_c` (verl's
     dual-clip PPO for the clipped loss types; None: off). See docs/guide.md.
+
+    `entropy_threshold` (with top_entropy_quantile < 1) replaces the quantile of this call's
+    valid entropies by a threshold the caller computed: in multi-process training TRL takes the
+    quantile of the entropies of every process (`grpo_swift.distributed.entropy_threshold`).
+    NaN selects no token (TRL's empty or NaN quantile).
     """
 
     loss_type: LossType = "dapo"
@@ -172,6 +181,7 @@ class LossConfig:
     kl_estimator: KLEstimator = "k3"
     kl_clamp: float | None = None
     clip_ratio_c: float | None = None
+    entropy_threshold: float | None = None
 
     def __post_init__(self) -> None:
         checked = _check_options("LossConfig", {n: getattr(self, n) for n in _FIELD_NAMES})
@@ -217,6 +227,8 @@ class LossConfig:
             self.num_processes, self.gradient_accumulation_steps, self.steps_per_generation or 0,
             self.max_completion_length or 0,
             KL_ESTIMATORS.index(self.kl_estimator), int(self.kl_clamp is not None), int(self.clip_ratio_c is not None),
+            int(self.entropy_threshold is not None),
+            self.entropy_threshold if self.entropy_threshold is not None else 0.0,
         )
 
     def logged_metrics(self, has_ref: bool, has_entropies: bool) -> tuple[str, ...]:
@@ -349,6 +361,7 @@ def grpo_loss(
     kl_clamp: float | None = None,
     clip_ratio_c: float | None = None,
     compute_grad: bool = True,
+    entropy_threshold: float | None = None,
 ) -> LossResult:
     """The GRPO policy loss of TRL 1.16 (`GRPOTrainer._compute_loss`), its gradient and metrics.
 
@@ -388,6 +401,9 @@ def grpo_loss(
             clipped loss types: for A < 0 the loss is capped at -A * clip_ratio_c; adds the
             metric pg_clipfrac_lower. None (default) is off.
         compute_grad: False skips the gradients.
+        entropy_threshold: with top_entropy_quantile < 1, the high-entropy threshold computed by
+            the caller instead of the quantile of this call's entropies (multi-process: see
+            `grpo_swift.distributed.entropy_threshold`); NaN selects no token.
 
     Returns:
         LossResult(loss, grad, grad_entropies, metrics). Masked positions never affect the
@@ -403,7 +419,8 @@ def grpo_loss(
         num_items_in_batch=num_items_in_batch, num_processes=num_processes,
         gradient_accumulation_steps=gradient_accumulation_steps, steps_per_generation=steps_per_generation,
         off_policy_mask_threshold=off_policy_mask_threshold, top_entropy_quantile=top_entropy_quantile,
-        entropy_coef=entropy_coef, kl_estimator=kl_estimator, kl_clamp=kl_clamp, clip_ratio_c=clip_ratio_c)
+        entropy_coef=entropy_coef, kl_estimator=kl_estimator, kl_clamp=kl_clamp, clip_ratio_c=clip_ratio_c,
+        entropy_threshold=entropy_threshold)
     return loss_with_config(logps, advantages, mask, config, old_logps=old_logps, ref_logps=ref_logps,
                             sampling_logps=sampling_logps, entropies=entropies,
                             importance_sampling_ratio=importance_sampling_ratio, compute_grad=compute_grad,

@@ -32,6 +32,16 @@ Parity target: trl==1.16.0 exactly (checked at construction). What is replaced, 
   `frac_reward_zero_std` are replaced by `grpo_swift.torch.group_advantages` of the same
   rewards (TRL's own few-float computation still runs and is discarded).
 
+Multi-process (``torchrun --nproc_per_node N``, or ``accelerate launch --multi_gpu --num_processes
+N`` -- without GPUs, plain ``accelerate launch --num_processes N`` starts one process -- with the
+gloo backend on CPU): TRL gathers the rewards (every process computes the advantages of the
+whole batch and keeps its rows: groups may span processes) and the token count
+num_items_in_batch; each process computes the loss of its rows with TRL's per-process
+normalisers (`grpo_swift.distributed.grpo_loss` with normalization="trl"); the high-entropy
+quantile is taken over every process's entropies (as TRL's get_high_entropy_mask does) and the
+metrics are reduced across processes exactly as TRL 1.16 logs them. DDP averages the gradients.
+Results equal stock TRL's multi-process run.
+
 Everything else (generation, rewards, logging, checkpoints, accelerate) is TRL's. Every
 GRPOConfig option is classified in `OPTION_SUPPORT`; options that cannot be honoured raise a
 ValueError naming the option at construction. `trainer.grpo_swift_calls` counts the Swift
@@ -62,6 +72,7 @@ from typing import Any
 import torch
 import transformers
 
+from . import distributed as _gs_dist
 from . import torch as _gs_torch
 from ._loss import LossConfig
 
@@ -257,9 +268,6 @@ def _head_model(model):
 
 def _check_trainer(trainer) -> None:
     """Checks made after TRL's constructor (the model, the accelerator)."""
-    if trainer.accelerator.num_processes != 1:
-        raise _fail("(distributed)", f"grpo_swift.trl supports one process; got {trainer.accelerator.num_processes} "
-                                     "(metrics and the high-entropy quantile would need cross-process reductions)")
     if trainer.accelerator.device.type != "cpu":
         raise _fail("use_cpu", f"the grpo_swift kernels run on CPU; the trainer's device is "
                                f"{trainer.accelerator.device}. Set use_cpu=True.")
@@ -375,38 +383,38 @@ def _swift_compute_loss(self, model, inputs):
     options = {f.name: getattr(config, f.name) for f in dataclasses.fields(LossConfig)}
     options["num_items_in_batch"] = inputs["num_items_in_batch"]
     options["num_processes"] = self.accelerator.num_processes
-    loss, metrics = _gs_torch.grpo_loss(
+    # One process: grpo_swift.torch.grpo_loss. Several: each process's rows with TRL's per-process normalisers,
+    # the high-entropy quantile over every process and the metrics reduced as TRL logs them (see
+    # grpo_swift.distributed; normalization="trl" is TRL 1.16 exactly).
+    loss, metrics = _gs_dist.grpo_loss(
         per_token_logps, inputs["advantages"], mask,
         old_per_token_logps=inputs.get("old_per_token_logps"),
         ref_per_token_logps=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
-        entropies=entropies, sampling_logps=inputs.get("sampling_per_token_logps"), **options)
+        entropies=entropies, sampling_logps=inputs.get("sampling_per_token_logps"), normalization="trl",
+        reduce=True, **options)
     self.grpo_swift_calls["loss"] += 1
-
-    def value(name):
-        v = metrics[name]
-        return float(v.item() if isinstance(v, torch.Tensor) else v)
 
     log = self._metrics[mode]
     if self._entropy_bonus_enabled:
-        log["policy_loss"].append(value("policy_loss"))
+        log["policy_loss"].append(metrics["policy_loss"])
         if self.use_adaptive_entropy and training:
             self._grpo_swift_entropy_window(entropies, mask)
         if training and self.accelerator.sync_gradients:
             log["entropy_coef"].append(self.entropy_coef)
     if self.beta != 0.0:
-        log["kl"].append(value("kl"))
-    log["entropy"].append(value("entropy"))
+        log["kl"].append(metrics["kl"])
+    log["entropy"].append(metrics["entropy"])
     if self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
         for name in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "clip_ratio/low_min",
                      "clip_ratio/high_max"):
-            log[name].append(value(name))
+            log[name].append(metrics[name])
     elif self.loss_type == "cispo":
-        log["cispo_clip_ratio"].append(value("cispo_clip_ratio"))
+        log["cispo_clip_ratio"].append(metrics["cispo_clip_ratio"])
     elif self.loss_type == "vespo":
-        log["vespo/phi_seq_mean"].append(value("vespo/phi_seq_mean"))
+        log["vespo/phi_seq_mean"].append(metrics["vespo/phi_seq_mean"])
     for name in ("policy_term", "kl_term", "entropy_term", "num_tokens", "num_off_policy_dropped"):
         if name in metrics:
-            log[f"grpo_swift/{name}"].append(value(name))
+            log[f"grpo_swift/{name}"].append(metrics[name])
     return loss
 
 

@@ -36,13 +36,14 @@ static Py_ssize_t row_or_token_cols(const Py_buffer *v, const char *fn, const ch
  * The loss config tuple built by grpo_swift._loss.LossConfig._native_tuple: 5 int32 (loss_type,
  * importance_sampling_level, use_bias_correction_kl, use_delta, use_off_policy_mask), 16 doubles
  * (beta ... num_items_in_batch, kl_clamp, clip_ratio_c), 4 Py_ssize_t (num_processes ...
- * max_completion_length), 3 int32 (kl_estimator, use_kl_clamp, use_clip_ratio_c). The tuple's
+ * max_completion_length), 3 int32 (kl_estimator, use_kl_clamp, use_clip_ratio_c), then
+ * use_entropy_threshold (int32) and entropy_threshold (double). The tuple's
  * order groups the kinds (the torch layer splits it into ints and floats); the struct's order is
  * the header's.
  */
 int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
-    return PyArg_ParseTuple(tuple, "iiiiiddddddddddddddddnnnniii:loss config", &cfg->loss_type,
+    return PyArg_ParseTuple(tuple, "iiiiiddddddddddddddddnnnniiiid:loss config", &cfg->loss_type,
                             &cfg->importance_sampling_level, &cfg->use_bias_correction_kl, &cfg->use_delta,
                             &cfg->use_off_policy_mask, &cfg->beta, &cfg->epsilon, &cfg->epsilon_high, &cfg->delta,
                             &cfg->off_policy_mask_threshold, &cfg->top_entropy_quantile, &cfg->entropy_coef,
@@ -51,7 +52,8 @@ int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg) {
                             &cfg->num_items_in_batch, &cfg->kl_clamp, &cfg->clip_ratio_c, &cfg->num_processes,
                             &cfg->gradient_accumulation_steps, &cfg->steps_per_generation,
                             &cfg->max_completion_length, &cfg->kl_estimator, &cfg->use_kl_clamp,
-                            &cfg->use_clip_ratio_c) ? 0 : -1;
+                            &cfg->use_clip_ratio_c, &cfg->use_entropy_threshold,
+                            &cfg->entropy_threshold) ? 0 : -1;
 }
 
 /* The grpo_loss_metrics fields in header order, as a tuple of floats. */

@@ -33,16 +33,8 @@ class _Accelerator:
         return x
 
 
-def trl_loss(
-    logps,
-    advantages,
-    mask,
+def make_trainer(
     *,
-    old_logps=None,
-    ref_logps=None,
-    sampling_logps=None,
-    entropies=None,
-    importance_sampling_ratio=None,
     loss_type="dapo",
     beta=0.0,
     epsilon=0.2,
@@ -57,30 +49,26 @@ def trl_loss(
     vespo_k_neg=3.0,
     vespo_lambda_neg=2.0,
     max_completion_length=None,
-    num_items_in_batch=None,
     num_processes=1,
     gradient_accumulation_steps=1,
     steps_per_generation=None,
     off_policy_mask_threshold=None,
     top_entropy_quantile=1.0,
     entropy_coef=0.0,
+    use_vllm=False,
+    accelerator=None,
     trainer_cls=GRPOTrainer,
 ):
-    """Returns (loss: float, grad_logps: ndarray, grad_entropies: ndarray | None, metrics: dict).
-
-    trainer_cls: GRPOTrainer or a subclass overriding _compute_loss (e.g. TRL's experimental
-    GMPOTrainer, which reads the same attributes)."""
-    dtype = torch.float64 if np.asarray(logps).dtype == np.float64 else torch.float32
-    B, T = np.asarray(logps).shape
-    lp = torch.tensor(np.asarray(logps), dtype=dtype, requires_grad=True)
-    ent_given = entropies is not None
-    ent_np = np.asarray(entropies) if ent_given else np.ones((B, T))
-    ent = torch.tensor(ent_np, dtype=dtype, requires_grad=True)
-
+    """A GRPOTrainer holding only what `_compute_loss` reads. `accelerator`: a real
+    accelerate.Accelerator for multi-process runs (its gathers and reductions are TRL's); by
+    default a single-process stand-in with `num_processes`. trainer_cls: GRPOTrainer or a
+    subclass overriding _compute_loss (e.g. TRL's experimental GMPOTrainer, which reads the same
+    attributes)."""
     trainer = trainer_cls.__new__(trainer_cls)
-    acc = _Accelerator()
-    acc.num_processes = num_processes
-    trainer.accelerator = acc
+    if accelerator is None:
+        accelerator = _Accelerator()
+        accelerator.num_processes = num_processes
+    trainer.accelerator = accelerator
     trainer.model = types.SimpleNamespace(training=True)
     trainer.loss_type = loss_type
     trainer.beta = beta
@@ -95,8 +83,8 @@ def trl_loss(
     trainer.aux_loss_enabled = False
     trainer.max_completion_length = max_completion_length
     trainer.current_gradient_accumulation_steps = gradient_accumulation_steps
-    trainer.use_vllm = importance_sampling_ratio is not None
-    trainer.vllm_importance_sampling_correction = importance_sampling_ratio is not None
+    trainer.use_vllm = use_vllm
+    trainer.vllm_importance_sampling_correction = use_vllm
     trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
     trainer.args = types.SimpleNamespace(
         use_bias_correction_kl=use_bias_correction_kl,
@@ -109,6 +97,32 @@ def trl_loss(
         vespo_lambda_neg=vespo_lambda_neg,
         steps_per_generation=steps_per_generation if steps_per_generation is not None else gradient_accumulation_steps,
     )
+    return trainer
+
+
+def trl_loss(
+    logps,
+    advantages,
+    mask,
+    *,
+    old_logps=None,
+    ref_logps=None,
+    sampling_logps=None,
+    entropies=None,
+    importance_sampling_ratio=None,
+    num_items_in_batch=None,
+    **options,
+):
+    """Returns (loss: float, grad_logps: ndarray, grad_entropies: ndarray | None, metrics: dict)."""
+    entropy_coef = options.get("entropy_coef", 0.0)
+    dtype = torch.float64 if np.asarray(logps).dtype == np.float64 else torch.float32
+    B, T = np.asarray(logps).shape
+    lp = torch.tensor(np.asarray(logps), dtype=dtype, requires_grad=True)
+    ent_given = entropies is not None
+    ent_np = np.asarray(entropies) if ent_given else np.ones((B, T))
+    ent = torch.tensor(ent_np, dtype=dtype, requires_grad=True)
+
+    trainer = make_trainer(use_vllm=importance_sampling_ratio is not None, **options)
     trainer._get_per_token_logps_and_entropies = lambda *a, **k: (lp, ent, None)
 
     m = torch.tensor(np.asarray(mask), dtype=torch.int64)

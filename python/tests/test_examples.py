@@ -104,6 +104,16 @@ def test_torch_example_learns():
     assert float(m.group(2)) > float(m.group(1)) + 0.2, out
 
 
+def test_distributed_example_learns_in_one_process():
+    # Without torchrun the example runs its data-parallel code as one process (no collective);
+    # test_distributed.py runs it in two processes when GRPO_DIST_FULL=1.
+    pytest.importorskip("torch")
+    out = run_example("distributed_grpo.py", "--steps", "40")
+    m = re.search(r"mean reward: first \d+ steps ([0-9.]+), last \d+ steps ([0-9.]+)", out)
+    assert float(m.group(2)) > float(m.group(1)) + 0.2, out
+    assert "over 1 process(es)" in out
+
+
 def test_trl_example_runs():
     pytest.importorskip("trl")
     try:

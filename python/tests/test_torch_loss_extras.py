@@ -135,8 +135,14 @@ def test_compile_with_new_options_matches_eager():
 def test_config_layout_matches_native_tuple():
     cfg = grpo_swift.LossConfig(loss_type="gmpo", beta=0.2, kl_estimator="abs+", kl_clamp=3.0)
     ints, floats = tloss._split_config(cfg._native_args)
-    assert len(floats) == tloss._N_FLOATS == 16 and all(isinstance(v, float) for v in floats)
-    assert all(isinstance(v, int) for v in ints)
+    # 16 doubles, then the appended entropy_threshold (issue 9).
+    assert tloss._N_FLOATS == 16 and len(floats) == tloss._N_FLOATS + 1
+    assert all(isinstance(v, float) for v in floats) and all(isinstance(v, int) for v in ints)
+    assert tloss._join_config(ints, floats) == cfg._native_args
+    thr = grpo_swift.LossConfig(top_entropy_quantile=0.5, entropy_threshold=0.25, clip_ratio_c=2.0)
+    ti, tf = tloss._split_config(thr._native_args)
+    assert tf[-1] == 0.25 and ti[-1] == 1 and ti[tloss._USE_CLIP_RATIO_C] == 1
+    assert tloss._join_config(ti, tf) == thr._native_args
     assert floats[tloss._ENTROPY_COEF - tloss._N_LEAD_INTS] == cfg.entropy_coef
     assert ints[tloss._USE_CLIP_RATIO_C] == 0
     dual = grpo_swift.LossConfig(clip_ratio_c=2.0)

@@ -48,8 +48,9 @@ from ._interop import buffer_of, check_tensor
 __all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
 
 # Layout of LossConfig._native_args: 5 int32 flags/enums, 16 doubles, 4 Py_ssize_t, 3 int32 (kl_estimator,
-# use_kl_clamp, use_clip_ratio_c).
-_N_LEAD_INTS, _N_FLOATS = 5, 16
+# use_kl_clamp, use_clip_ratio_c), then use_entropy_threshold (int32) and entropy_threshold (double).
+# The op carries the ints and the doubles as two lists (_split_config / _join_config).
+_N_LEAD_INTS, _N_FLOATS, _N_MID_INTS, _N_TAIL_INTS = 5, 16, 4, 4
 _ENTROPY_COEF = 11          # index in _native_args
 _NUM_ITEMS = 18             # index in _native_args (num_items_in_batch; < 0: this call's tokens)
 _USE_CLIP_RATIO_C = 11      # index in the ints of _split_config (the dual-clip flag)
@@ -78,8 +79,16 @@ def _config_from_options(fn: str, items: tuple) -> LossConfig:
 
 
 def _split_config(native_args: tuple) -> tuple[list[int], list[float]]:
-    ints = list(native_args[:_N_LEAD_INTS]) + list(native_args[_N_LEAD_INTS + _N_FLOATS:])
-    return ints, list(native_args[_N_LEAD_INTS:_N_LEAD_INTS + _N_FLOATS])
+    a = _N_LEAD_INTS
+    b = a + _N_FLOATS
+    c = b + _N_MID_INTS
+    d = c + _N_TAIL_INTS
+    return [*native_args[:a], *native_args[b:d]], [*native_args[a:b], native_args[d]]
+
+
+def _join_config(ints: list[int], floats: list[float]) -> tuple:
+    a = _N_LEAD_INTS
+    return (*ints[:a], *floats[:_N_FLOATS], *ints[a:], floats[_N_FLOATS])
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,7 +144,7 @@ def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, metrics (18,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
     (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
-    native = (*config_ints[:_N_LEAD_INTS], *config_floats, *config_ints[_N_LEAD_INTS:])
+    native = _join_config(config_ints, config_floats)
     if num_items_in_batch is not None:
         n = float(num_items_in_batch.item())
         if not n >= 0.0 or n == float("inf"):
