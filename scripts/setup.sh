@@ -47,5 +47,15 @@ PY
 )
     mapfile -t reqs <<<"$deps"
     "$VENV/bin/python" -m pip install -q "${reqs[@]}" || die "pip install of ${reqs[*]} failed"
+    nodeps=$("$VENV/bin/python" - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f).get("tool", {}).get("grpo-swift", {}).get("no-deps-test", [])))
+PY
+)
+    if [ -n "$nodeps" ]; then
+        mapfile -t reqs <<<"$nodeps"
+        "$VENV/bin/python" -m pip install -q --no-deps "${reqs[@]}" || die "pip install --no-deps of ${reqs[*]} failed"
+    fi
     echo "$want" >"$stamp"
 fi
