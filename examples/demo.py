@@ -95,7 +95,14 @@ def rewards_of(a: np.ndarray, b: np.ndarray, comp: np.ndarray) -> np.ndarray:
 
 
 def train(steps: int, seed: int, prompts_per_step: int, num_generations: int, num_iterations: int,
-          beta: float, lr: float, loss_type: str, max_new: int, progress: bool = True) -> dict:
+          beta: float, lr: float, loss_type: str, max_new: int, progress: bool = True,
+          advantages_fn=None) -> dict:
+    """GRPO on "a+b=" for `steps` generations; returns the per-step history.
+
+    advantages_fn(rewards (N, 2), weights, mask (N, T) bool, num_generations) -> (advantages (N,)
+    or (N, T), fraction of rows in groups without reward spread) replaces the default,
+    grpo_swift.group_advantages (TRL's GRPO); examples/estimators.py passes the other estimators.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -129,7 +136,12 @@ def train(steps: int, seed: int, prompts_per_step: int, num_generations: int, nu
         labels = torch.where(torch.from_numpy(mask), comp, torch.full_like(comp, -100))
 
         r = rewards_of(ab[:, 0], ab[:, 1], c)
-        adv = grpo_swift.group_advantages(r, num_generations, reward_weights=weights)
+        if advantages_fn is None:
+            ga = grpo_swift.group_advantages(r, num_generations, reward_weights=weights)
+            adv, frac_zero_std = ga.advantages, float(ga.frac_reward_zero_std)
+        else:
+            adv, frac_zero_std = advantages_fn(r, weights, mask, num_generations)
+        adv_kept = adv[mask] if adv.ndim == 2 else adv  # token-level estimators: the kept tokens
         with torch.no_grad():
             old_lp, _ = completion_log_probs(policy, prompts, comp, labels)
             ref_lp, _ = completion_log_probs(ref, prompts, comp, labels)
@@ -138,7 +150,7 @@ def train(steps: int, seed: int, prompts_per_step: int, num_generations: int, nu
         per_it = []
         for it in range(num_iterations):
             lp, ent = completion_log_probs(policy, prompts, comp, labels)
-            res = grpo_swift.grpo_loss(lp.detach().numpy(), adv.advantages, mask, old_logps=old_np,
+            res = grpo_swift.grpo_loss(lp.detach().numpy(), adv, mask, old_logps=old_np,
                                        ref_logps=ref_np, entropies=ent.detach().numpy(), **opts)
             opt.zero_grad()
             lp.backward(torch.from_numpy(res.grad))  # d loss / d logps from the Swift kernel
@@ -158,9 +170,9 @@ def train(steps: int, seed: int, prompts_per_step: int, num_generations: int, nu
         hist["correctness"].append(float(r[:, 0].mean()))
         hist["format"].append(float(r[:, 1].mean()))
         hist["reward"].append(float((r * weights).sum(1).mean()))
-        hist["frac_zero_std"].append(float(adv.frac_reward_zero_std))
-        hist["adv_q"].append(np.percentile(adv.advantages, [5, 25, 50, 75, 95]))
-        hist["adv_zero"].append(float(np.mean(adv.advantages == 0.0)))
+        hist["frac_zero_std"].append(frac_zero_std)
+        hist["adv_q"].append(np.percentile(adv_kept, [5, 25, 50, 75, 95]))
+        hist["adv_zero"].append(float(np.mean(adv_kept == 0.0)))
         if bar is not None:
             bar.set_postfix(reward=f"{hist['reward'][-1]:.2f}", kl=f"{hist['kl'][-1]:.3f}",
                             loss=f"{hist['loss'][-1]:+.3f}", refresh=False)

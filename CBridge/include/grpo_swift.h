@@ -608,9 +608,14 @@ grpo_status grpo_benchmark_sgemm_nt_f32(const float *a, const float *b, ptrdiff_
  *   PASSK       per group the first row holding the maximum gets (r_max - r_second), divided
  *               by (sd_g + eps) when scale_rewards is GROUP (NONE: no division; BATCH is an
  *               error); every other row 0 (verl's GRPO pass@k).
- *   REINFORCE_PP           token level: R_t = r_t + gamma R_{t+1} over kept tokens, reset to 0
- *               after every masked-out position; then whitened over all kept tokens of all
- *               scorable rows: (R - mean) / sqrt(var + eps), var Bessel-corrected.
+ *   REINFORCE_PP           token level: R_t = r_t + gamma R_{t+1} over kept tokens, scanning back
+ *               from each row's last kept token; a masked-out position inside a row passes the
+ *               running return through unchanged (cfg->masked_returns CARRY: verl 0.9.1, where
+ *               such positions are tool observations of a multi-turn rollout) or restarts it at
+ *               0 (RESET: verl before verl-project/verl#7300); rewards at masked positions are
+ *               ignored. Then whitened over all kept tokens of all scorable rows:
+ *               (R - mean) / sqrt(var + eps), var Bessel-corrected. R itself is verl's second
+ *               output ("returns"): grpo_token_advantages_returns_*.
  *   REINFORCE_PP_BASELINE  token level: a_i = r_i - mu_g on each kept token, whitened as above.
  *
  * Singleton groups (exactly one scorable row), singleton policy:
@@ -637,6 +642,11 @@ typedef enum grpo_singleton_policy {
     GRPO_SINGLETON_ERROR = 2
 } grpo_singleton_policy;
 
+typedef enum grpo_masked_returns {
+    GRPO_MASKED_RETURNS_CARRY = 0,
+    GRPO_MASKED_RETURNS_RESET = 1
+} grpo_masked_returns;
+
 typedef enum grpo_gpg_alpha {
     GRPO_GPG_ALPHA_INFORMATIVE = 0,
     GRPO_GPG_ALPHA_NONZERO = 1,
@@ -656,8 +666,8 @@ typedef struct grpo_estimator_config {
     int32_t normalize;
     /** A grpo_gpg_alpha value (GPG only). */
     int32_t gpg_alpha_mode;
-    /** Unused; set to 0. */
-    int32_t reserved;
+    /** A grpo_masked_returns value (REINFORCE_PP only; 0 = CARRY). Was `reserved` (0) before. */
+    int32_t masked_returns;
     /** >= 0. Added to the std (GRPO, RLOO normalize, PASSK) or the variance (REINFORCE_PP*). */
     double epsilon;
     /** REINFORCE_PP discount in [0, 1]. */
@@ -708,6 +718,27 @@ grpo_status grpo_token_advantages_f32(const float *rewards, ptrdiff_t n, ptrdiff
                                       ptrdiff_t reward_cols, const uint8_t *response_mask,
                                       const int64_t *group_ids, const grpo_estimator_config *cfg,
                                       float *advantages, char *err, size_t errlen);
+
+/**
+ * As grpo_token_advantages_f64, and also writes
+ * returns: (n, t) or NULL. REINFORCE_PP only (non-NULL with another estimator is
+ *          GRPO_ERR_VALUE): the un-whitened discounted returns R_t of the kept tokens (verl's
+ *          second output of compute_reinforce_plus_plus_outcome_advantage), 0 at masked
+ *          positions and on unscorable rows; written even when the advantages are all 0.
+ * With returns == NULL this is exactly grpo_token_advantages_f64.
+ */
+grpo_status grpo_token_advantages_returns_f64(const double *rewards, ptrdiff_t n, ptrdiff_t t,
+                                              ptrdiff_t reward_cols, const uint8_t *response_mask,
+                                              const int64_t *group_ids,
+                                              const grpo_estimator_config *cfg, double *advantages,
+                                              double *returns, char *err, size_t errlen);
+
+/** As grpo_token_advantages_returns_f64 for float32 (double accumulation). */
+grpo_status grpo_token_advantages_returns_f32(const float *rewards, ptrdiff_t n, ptrdiff_t t,
+                                              ptrdiff_t reward_cols, const uint8_t *response_mask,
+                                              const int64_t *group_ids,
+                                              const grpo_estimator_config *cfg, float *advantages,
+                                              float *returns, char *err, size_t errlen);
 
 /**
  * DAPO dynamic sampling: zero_spread[i] = 1 when row i's group has zero reward spread, i.e.

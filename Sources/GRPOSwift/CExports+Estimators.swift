@@ -17,12 +17,15 @@ func estimatorConfig(_ cfg: UnsafePointer<grpo_estimator_config>?) throws(GRPOEr
     guard c.normalize == 0 || c.normalize == 1 else {
         throw GRPOError(.value, "normalize must be 0 or 1, got \(c.normalize)")
     }
+    guard let masked = MaskedReturns(rawValue: c.masked_returns) else {
+        throw GRPOError(.value, "masked_returns must be 0 (carry) or 1 (reset), got \(c.masked_returns)")
+    }
     guard let alpha = GPGAlpha(rawValue: c.gpg_alpha_mode) else {
         throw GRPOError(.value, "gpg_alpha_mode must be 0 (informative), 1 (nonzero) or 2 (fixed), got \(c.gpg_alpha_mode)")
     }
     let config = EstimatorConfig(
         estimator: est, singleton: singleton, scaleRewards: scale, normalize: c.normalize == 1,
-        epsilon: c.epsilon, gamma: c.gamma, gpgAlphaMode: alpha, gpgAlpha: c.gpg_alpha,
+        epsilon: c.epsilon, gamma: c.gamma, maskedReturns: masked, gpgAlphaMode: alpha, gpgAlpha: c.gpg_alpha,
         gpgFNorm: c.gpg_f_norm)
     return (config, c.num_generations)
 }
@@ -74,7 +77,8 @@ public func grpo_estimator_advantages_f32(
 func tokenAdvantagesC<T: BinaryFloatingPoint>(
     _ rewards: UnsafePointer<T>?, _ n: Int, _ t: Int, _ rewardCols: Int, _ mask: UnsafePointer<UInt8>?,
     _ ids: UnsafePointer<Int64>?, _ cfg: UnsafePointer<grpo_estimator_config>?,
-    _ adv: UnsafeMutablePointer<T>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+    _ adv: UnsafeMutablePointer<T>?, _ returns: UnsafeMutablePointer<T>?,
+    _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
 ) -> grpo_status {
     cCall(err, errlen) { () throws(GRPOError) in
         let (config, g) = try estimatorConfig(cfg)
@@ -92,7 +96,8 @@ func tokenAdvantagesC<T: BinaryFloatingPoint>(
         try Estimators.tokenAdvantages(
             rewards: inputView(rewards, rewardCount, "rewards"), rewardCols: rewardCols, rows: n, cols: t,
             mask: inputView(mask, total, "response_mask"), groups: groups, ids: idView, config: config,
-            advantages: outputView(adv, total, "advantages"))
+            advantages: outputView(adv, total, "advantages"),
+            returns: returns == nil ? nil : outputView(returns, total, "returns"))
     }
 }
 
@@ -103,7 +108,7 @@ public func grpo_token_advantages_f64(
     _ cfg: UnsafePointer<grpo_estimator_config>?, _ adv: UnsafeMutablePointer<Double>?,
     _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
 ) -> grpo_status {
-    tokenAdvantagesC(rewards, n, t, rewardCols, mask, ids, cfg, adv, err, errlen)
+    tokenAdvantagesC(rewards, n, t, rewardCols, mask, ids, cfg, adv, nil, err, errlen)
 }
 
 @c @implementation
@@ -113,7 +118,27 @@ public func grpo_token_advantages_f32(
     _ cfg: UnsafePointer<grpo_estimator_config>?, _ adv: UnsafeMutablePointer<Float>?,
     _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
 ) -> grpo_status {
-    tokenAdvantagesC(rewards, n, t, rewardCols, mask, ids, cfg, adv, err, errlen)
+    tokenAdvantagesC(rewards, n, t, rewardCols, mask, ids, cfg, adv, nil, err, errlen)
+}
+
+@c @implementation
+public func grpo_token_advantages_returns_f64(
+    _ rewards: UnsafePointer<Double>?, _ n: Int, _ t: Int, _ rewardCols: Int,
+    _ mask: UnsafePointer<UInt8>?, _ ids: UnsafePointer<Int64>?,
+    _ cfg: UnsafePointer<grpo_estimator_config>?, _ adv: UnsafeMutablePointer<Double>?,
+    _ returns: UnsafeMutablePointer<Double>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+) -> grpo_status {
+    tokenAdvantagesC(rewards, n, t, rewardCols, mask, ids, cfg, adv, returns, err, errlen)
+}
+
+@c @implementation
+public func grpo_token_advantages_returns_f32(
+    _ rewards: UnsafePointer<Float>?, _ n: Int, _ t: Int, _ rewardCols: Int,
+    _ mask: UnsafePointer<UInt8>?, _ ids: UnsafePointer<Int64>?,
+    _ cfg: UnsafePointer<grpo_estimator_config>?, _ adv: UnsafeMutablePointer<Float>?,
+    _ returns: UnsafeMutablePointer<Float>?, _ err: UnsafeMutablePointer<CChar>?, _ errlen: Int
+) -> grpo_status {
+    tokenAdvantagesC(rewards, n, t, rewardCols, mask, ids, cfg, adv, returns, err, errlen)
 }
 
 func zeroSpreadC<T: BinaryFloatingPoint>(

@@ -17,10 +17,13 @@
 //            with r != 0 (verl, "nonzero"), or a fixed value. M is at least 1.
 //   passk    within each group only the first row holding the maximum gets
 //            A = (r_max - r_second) [/ (sd_g + eps)]; every other row 0.                [verl]
-//   reinforce_pp           returns R_t = r_t + gamma R_{t+1}, reset to 0 after each masked-out
-//            position (so rewards at masked positions never reach a kept one); then whitened
-//            over every kept token of every scorable row: (R - mean) / sqrt(var + eps), var
-//            Bessel-corrected; masked positions 0.                                       [verl]
+//   reinforce_pp           returns R_t = r_t + gamma R_{t+1} over kept tokens, scanning back from
+//            each row's last kept token; a masked-out position inside a row (a tool observation
+//            of a multi-turn rollout) passes the running return through unchanged (.carry,
+//            verl 0.9.1) or restarts it at 0 (.reset, verl before verl-project/verl#7300);
+//            rewards at masked positions are ignored either way. Then whitened over every kept
+//            token of every scorable row: (R - mean) / sqrt(var + eps), var Bessel-corrected;
+//            masked positions 0. The un-whitened R is verl's second output ("returns").  [verl]
 //   reinforce_pp_baseline  a_i = r_i - mu_g, broadcast to the row's kept tokens, then whitened
 //            over the batch's kept tokens as above.                                      [verl]
 //
@@ -46,6 +49,15 @@ public enum AdvantageEstimator: Int32, Sendable, CaseIterable {
         case .reinforcePPBaseline: "reinforce_pp_baseline"
         }
     }
+}
+
+/// What a masked-out position inside a row does to REINFORCE++'s running return.
+public enum MaskedReturns: Int32, Sendable, CaseIterable {
+    /// Passes it through unchanged (no discount, no reward): verl 0.9.1, where masked-out
+    /// positions inside a response are tool/environment observations of a multi-turn rollout.
+    case carry = 0
+    /// Restarts it at 0: verl before verl-project/verl#7300.
+    case reset = 1
 }
 
 /// What a group with exactly one scorable row gets (see the file comment).
@@ -74,20 +86,23 @@ public struct EstimatorConfig: Sendable {
     public var epsilon: Double
     /// REINFORCE++ discount.
     public var gamma: Double
+    /// REINFORCE++: what a masked-out position inside a row does to the running return.
+    public var maskedReturns: MaskedReturns
     public var gpgAlphaMode: GPGAlpha
     public var gpgAlpha: Double
     public var gpgFNorm: Double
 
     public init(estimator: AdvantageEstimator, singleton: SingletonPolicy = .zero,
                 scaleRewards: ScaleRewards = .group, normalize: Bool = false, epsilon: Double = 1e-4,
-                gamma: Double = 1, gpgAlphaMode: GPGAlpha = .informative, gpgAlpha: Double = 1,
-                gpgFNorm: Double = 1) {
+                gamma: Double = 1, maskedReturns: MaskedReturns = .carry, gpgAlphaMode: GPGAlpha = .informative,
+                gpgAlpha: Double = 1, gpgFNorm: Double = 1) {
         self.estimator = estimator
         self.singleton = singleton
         self.scaleRewards = scaleRewards
         self.normalize = normalize
         self.epsilon = epsilon
         self.gamma = gamma
+        self.maskedReturns = maskedReturns
         self.gpgAlphaMode = gpgAlphaMode
         self.gpgAlpha = gpgAlpha
         self.gpgFNorm = gpgFNorm

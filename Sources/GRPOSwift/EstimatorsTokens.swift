@@ -13,12 +13,15 @@ extension Estimators {
     ///          NaN marks an unscorable row (for token rewards: a NaN at a kept position).
     /// mask:    (rows, cols), nonzero = kept token.
     /// groups:  required by reinforce_pp_baseline, ignored by reinforce_pp.
-    /// Masked-out positions and unscorable rows get 0; so does everything when fewer than
+    /// returns: reinforce_pp only (nil otherwise): the un-whitened discounted returns R_t
+    ///          (verl's second output), 0 at masked positions and on unscorable rows.
+    /// Masked-out positions and unscorable rows get 0; so does every advantage when fewer than
     /// 2 tokens enter the whitening (its variance is undefined).
     public static func tokenAdvantages<T: BinaryFloatingPoint>(
         rewards: UnsafeBufferPointer<T>, rewardCols: Int, rows: Int, cols: Int,
         mask: UnsafeBufferPointer<UInt8>, groups: RowGroups?, ids: UnsafeBufferPointer<Int64>? = nil,
-        config: EstimatorConfig, advantages: UnsafeMutableBufferPointer<T>
+        config: EstimatorConfig, advantages: UnsafeMutableBufferPointer<T>,
+        returns: UnsafeMutableBufferPointer<T>? = nil
     ) throws(GRPOError) {
         try config.validate()
         guard config.estimator.isTokenLevel else {
@@ -38,11 +41,17 @@ extension Estimators {
         }
         guard mask.count >= total else { throw GRPOError(.shape, "response_mask holds \(mask.count) elements, expected \(total)") }
         guard advantages.count >= total else { throw GRPOError(.shape, "advantages must hold \(total) elements") }
+        if let returns {
+            guard config.estimator == .reinforcePP else {
+                throw GRPOError(.value, "returns are computed by reinforce_pp only (reinforce_pp_baseline's returns are its advantages)")
+            }
+            guard returns.count >= total else { throw GRPOError(.shape, "returns must hold \(total) elements") }
+        }
         let rw = UnsafeBufferPointer(rebasing: rewards[0..<rewardCount])
         try checkFinite(rw, "rewards")
 
         if config.estimator == .reinforcePP {
-            try reinforcePP(rw, rewardCols, rows, cols, mask, config, advantages)
+            try reinforcePP(rw, rewardCols, rows, cols, mask, config, advantages, returns)
             return
         }
         guard let groups else { throw GRPOError(.null, "reinforce_pp_baseline needs groups (group_ids or num_generations)") }
@@ -55,9 +64,10 @@ extension Estimators {
     static func reinforcePP<T: BinaryFloatingPoint>(
         _ rewards: UnsafeBufferPointer<T>, _ rewardCols: Int, _ rows: Int, _ cols: Int,
         _ mask: UnsafeBufferPointer<UInt8>, _ config: EstimatorConfig,
-        _ advantages: UnsafeMutableBufferPointer<T>
+        _ advantages: UnsafeMutableBufferPointer<T>, _ returns: UnsafeMutableBufferPointer<T>?
     ) throws(GRPOError) {
         let gamma = config.gamma
+        let reset = config.maskedReturns == .reset
         let chunk = tokenRowsPerChunk(cols)
         let chunks = (rows + chunk - 1) / chunk
         // Returns in Double; NaN marks tokens that do not enter the whitening.
@@ -89,7 +99,10 @@ extension Estimators {
                         if !scorable { continue }
                         var running = 0.0
                         for t in stride(from: last, through: 0, by: -1) {
-                            if mask[base + t] == 0 { running = 0; continue }
+                            if mask[base + t] == 0 {
+                                if reset { running = 0 }
+                                continue
+                            }
                             let r = rewardCols == 1 ? (t == last ? Double(rewards[i]) : 0) : Double(rewards[base + t])
                             running = r + gamma * running
                             ret[base + t] = running
@@ -100,6 +113,15 @@ extension Estimators {
                     sums[c] = s; counts[c] = k; los[c] = lo; his[c] = hi
                 }
             }}}}
+        }
+        if let returns {
+            ret.withUnsafeBufferPointer { ret in
+                Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
+                    for j in (range.lowerBound * cols)..<(range.upperBound * cols) {
+                        returns[j] = ret[j].isNaN ? 0 : T(ret[j])
+                    }
+                }
+            }
         }
         let count = counts.reduce(0, +)
         guard count >= 2 else {
@@ -220,32 +242,51 @@ extension Estimators {
         rewards: [T], mask: [UInt8], rows: Int, cols: Int, groupIDs: [Int64]? = nil,
         numGenerations: Int? = nil, config: EstimatorConfig
     ) throws(GRPOError) -> [T] {
+        try tokenArrays(rewards, mask, rows, cols, groupIDs, numGenerations, config, withReturns: false).advantages
+    }
+
+    /// REINFORCE++ token advantages and the un-whitened discounted returns (verl's pair), both
+    /// (rows, cols) row-major.
+    public static func reinforcePPAdvantagesAndReturns<T: BinaryFloatingPoint>(
+        rewards: [T], mask: [UInt8], rows: Int, cols: Int, config: EstimatorConfig
+    ) throws(GRPOError) -> (advantages: [T], returns: [T]) {
+        try tokenArrays(rewards, mask, rows, cols, nil, nil, config, withReturns: true)
+    }
+
+    static func tokenArrays<T: BinaryFloatingPoint>(
+        _ rewards: [T], _ mask: [UInt8], _ rows: Int, _ cols: Int, _ groupIDs: [Int64]?,
+        _ numGenerations: Int?, _ config: EstimatorConfig, withReturns: Bool
+    ) throws(GRPOError) -> (advantages: [T], returns: [T]) {
         let total = try checkedProduct(rows, cols, what: "response_mask")
         guard mask.count == total else { throw GRPOError(.shape, "mask.count (\(mask.count)) != rows*cols (\(total))") }
         guard rows > 0, rewards.count == rows || rewards.count == total else {
             throw GRPOError(.shape, "rewards.count (\(rewards.count)) must be rows (\(rows)) or rows*cols (\(total))")
         }
         var out = [T](repeating: 0, count: total)
+        var ret = [T](repeating: 0, count: withReturns ? total : 0)
         let result: Result<Void, GRPOError> = rewards.withUnsafeBufferPointer { r in
             (groupIDs ?? []).withUnsafeBufferPointer { ids in
                 mask.withUnsafeBufferPointer { m in
                     out.withUnsafeMutableBufferPointer { o in
-                        Result { () throws(GRPOError) in
-                            var groups: RowGroups? = nil
-                            if config.estimator == .reinforcePPBaseline {
-                                groups = try makeGroups(rows: rows, ids: groupIDs == nil ? nil : ids,
-                                                        numGenerations: numGenerations)
+                        ret.withUnsafeMutableBufferPointer { rt in
+                            Result { () throws(GRPOError) in
+                                var groups: RowGroups? = nil
+                                if config.estimator == .reinforcePPBaseline {
+                                    groups = try makeGroups(rows: rows, ids: groupIDs == nil ? nil : ids,
+                                                            numGenerations: numGenerations)
+                                }
+                                try tokenAdvantages(
+                                    rewards: r, rewardCols: r.count == rows ? 1 : cols, rows: rows, cols: cols,
+                                    mask: m, groups: groups, ids: groupIDs == nil ? nil : ids, config: config,
+                                    advantages: o, returns: withReturns ? rt : nil)
                             }
-                            try tokenAdvantages(rewards: r, rewardCols: r.count == rows ? 1 : cols, rows: rows,
-                                                cols: cols, mask: m, groups: groups,
-                                                ids: groupIDs == nil ? nil : ids, config: config, advantages: o)
                         }
                     }
                 }
             }
         }
         try result.get()
-        return out
+        return (out, ret)
     }
 
     /// Zero-spread flags (see zeroSpread(rewards:groups:tolerance:out:)).

@@ -150,12 +150,47 @@ private func members(_ ids: [Int64]) -> [[Int]] {
                                                config: EstimatorConfig(estimator: .reinforcePP, epsilon: 1e-8, gamma: 0.5))
         let s = (0.6875 / 3 + 1e-8).squareRoot()
         #expect(close(a, [0.5, 1, 0, 0].map { ($0 - 0.375) / s }, tol: 1e-14))
-        // A hole in the mask restarts the return; token rewards at masked positions are ignored.
+        // .reset: a hole in the mask restarts the return; token rewards at masked positions are ignored.
         let tok = try Estimators.tokenAdvantages(rewards: [1.0, 99, 1, 0, 0, 0], mask: [1, 0, 1, 1, 1, 1], rows: 2, cols: 3,
-                                                 config: EstimatorConfig(estimator: .reinforcePP, epsilon: 0, gamma: 1))
+                                                 config: EstimatorConfig(estimator: .reinforcePP, epsilon: 0, gamma: 1,
+                                                                         maskedReturns: .reset))
         // Returns: row 0 (1, -, 1), row 1 (0, 0, 0) -> kept values 1, 1, 0, 0, 0.
         let m = 0.4, sd = ((2 * 0.36 + 3 * 0.16) / 4).squareRoot()
         #expect(close(tok, [(1 - m) / sd, 0, (1 - m) / sd, -m / sd, -m / sd, -m / sd], tol: 1e-14))
+    }
+
+    @Test func reinforcePPCarriesReturnsThroughMaskedTokens() throws {
+        // .carry (the default, verl 0.9.1): the masked position passes the running return through
+        // without discount and without its reward: row 0 returns (1 + 0.5 * 1, -, 1) at gamma 0.5.
+        let cfg = EstimatorConfig(estimator: .reinforcePP, epsilon: 0, gamma: 0.5)
+        #expect(cfg.maskedReturns == .carry)
+        let (a, ret) = try Estimators.reinforcePPAdvantagesAndReturns(
+            rewards: [1.0, 99, 1, 0, 0, 0], mask: [1, 0, 1, 1, 1, 1], rows: 2, cols: 3, config: cfg)
+        #expect(ret == [1.5, 0, 1, 0, 0, 0])
+        let kept = [1.5, 1, 0, 0, 0]
+        let m = kept.reduce(0, +) / 5
+        let sd = (kept.map { ($0 - m) * ($0 - m) }.reduce(0, +) / 4).squareRoot()
+        #expect(close(a, [(1.5 - m) / sd, 0, (1 - m) / sd, -m / sd, -m / sd, -m / sd], tol: 1e-14))
+        #expect(a == (try Estimators.tokenAdvantages(rewards: [1.0, 99, 1, 0, 0, 0], mask: [1, 0, 1, 1, 1, 1],
+                                                     rows: 2, cols: 3, config: cfg)))
+        // Outcome rewards sit on the last kept token; trailing masked positions stay 0; an
+        // unscorable (NaN) row gets returns 0; returns are written even when fewer than 2 tokens
+        // enter the whitening (advantages all 0).
+        let (a1, r1) = try Estimators.reinforcePPAdvantagesAndReturns(
+            rewards: [2.0, .nan], mask: [1, 1, 0, 1, 1, 1], rows: 2, cols: 3,
+            config: EstimatorConfig(estimator: .reinforcePP, gamma: 0.5))
+        #expect(r1 == [1, 2, 0, 0, 0, 0])
+        #expect(a1[0] < 0 && a1[1] > 0 && a1[2] == 0 && Array(a1[3...]) == [0, 0, 0])
+        let (a2, r2) = try Estimators.reinforcePPAdvantagesAndReturns(
+            rewards: [Float(3)], mask: [0, 1], rows: 1, cols: 2, config: EstimatorConfig(estimator: .reinforcePP))
+        #expect(r2 == [0, 3] && a2 == [0, 0])
+    }
+
+    @Test func returnsAreReinforcePPOnly() {
+        #expect(throws: GRPOError.self) {
+            try Estimators.tokenArrays([1.0, 2], [1, 1], 2, 1, nil, 2, EstimatorConfig(estimator: .reinforcePPBaseline),
+                                       withReturns: true)
+        }
     }
 
     @Test func reinforcePPBaselineWeightsRowsByLength() throws {
@@ -199,7 +234,7 @@ private func members(_ ids: [Int64]) -> [[Int]] {
 
     @Test func cABIRejectsBadConfig() {
         var cfg = grpo_estimator_config(num_generations: 2, estimator: 42, singleton: 0, scale_rewards: 0,
-                                        normalize: 0, gpg_alpha_mode: 0, reserved: 0, epsilon: 1e-4,
+                                        normalize: 0, gpg_alpha_mode: 0, masked_returns: 0, epsilon: 1e-4,
                                         gamma: 1, gpg_alpha: 1, gpg_f_norm: 1)
         var r: [Double] = [1, 2], out: [Double] = [0, 0]
         var err = [CChar](repeating: 0, count: 256)
@@ -209,5 +244,27 @@ private func members(_ ids: [Int64]) -> [[Int]] {
         #expect(grpo_estimator_advantages_f64(&r, 2, nil, nil, &cfg, &out, &err, 256) == GRPO_OK)
         #expect(out == [-1, 1])
         #expect(grpo_estimator_advantages_f64(&r, 2, nil, nil, &cfg, nil, &err, 256) == GRPO_ERR_NULL)
+        cfg.masked_returns = 2
+        #expect(grpo_estimator_advantages_f64(&r, 2, nil, nil, &cfg, &out, &err, 256) == GRPO_ERR_VALUE)
+    }
+
+    @Test func cABITokenReturns() {
+        var cfg = grpo_estimator_config(num_generations: 1, estimator: 5, singleton: 0, scale_rewards: 0,
+                                        normalize: 0, gpg_alpha_mode: 0, masked_returns: 1, epsilon: 0,
+                                        gamma: 1, gpg_alpha: 1, gpg_f_norm: 1)
+        var r: [Float] = [1, 0, 0, 1], mask: [UInt8] = [1, 0, 1, 1]
+        var adv = [Float](repeating: 9, count: 4), ret = [Float](repeating: 9, count: 4)
+        var err = [CChar](repeating: 0, count: 256)
+        // RESET: row 0 token rewards (1, -) -> returns (1, 0); row 1 (0, 1) -> (1, 1).
+        #expect(grpo_token_advantages_returns_f32(&r, 2, 2, 2, &mask, nil, &cfg, &adv, &ret, &err, 256) == GRPO_OK)
+        #expect(ret == [1, 0, 1, 1] && adv[1] == 0)
+        var adv2 = [Float](repeating: 9, count: 4)
+        #expect(grpo_token_advantages_f32(&r, 2, 2, 2, &mask, nil, &cfg, &adv2, &err, 256) == GRPO_OK)
+        #expect(adv2 == adv)
+        #expect(grpo_token_advantages_returns_f32(&r, 2, 2, 2, &mask, nil, &cfg, &adv, nil, &err, 256) == GRPO_OK)
+        #expect(adv == adv2)
+        cfg.estimator = 6  // reinforce_pp_baseline has no separate returns
+        var r1: [Float] = [1, 0]
+        #expect(grpo_token_advantages_returns_f32(&r1, 2, 2, 1, &mask, nil, &cfg, &adv, &ret, &err, 256) == GRPO_ERR_VALUE)
     }
 }

@@ -26,6 +26,7 @@ from ._logprobs import (  # noqa: E402
     selective_log_softmax_forward,
 )
 from ._estimators import (  # noqa: E402
+    AdvantagesAndReturns,
     advantages,
     dr_grpo_advantages,
     gpg_advantages,
@@ -62,6 +63,7 @@ __all__ = [
     "fused_log_probs_backward",
     "fused_log_probs_scratch_bytes",
     "advantages",
+    "AdvantagesAndReturns",
     "dr_grpo_advantages",
     "rloo_advantages",
     "opo_advantages",

@@ -23,7 +23,7 @@ gpg                            alpha (r - mu) / f_norm, alpha = N/M  [GPG]     (
 passk                          best row of each group: (r_max - r_2nd)/(sd+eps) (N,)       "error"
                                others 0  [verl grpo_passk]
 reinforce_pp                   discounted returns, whitened over the batch's   (N, T)      n/a
-                               kept tokens  [REINFORCE++, verl]
+                               kept tokens  [REINFORCE++, verl 0.9.1]
 reinforce_pp_baseline          (r - mu) on kept tokens, whitened likewise      (N, T)      "raw"
 ============================  ==============================================  ==========  =========
 
@@ -32,11 +32,18 @@ Singleton groups (one scorable row) are where implementations disagree; `singlet
 RLOOTrainer), "raw" (baseline 0, std 1: verl's compute_*_outcome_advantage), "error" (raise,
 naming the group: verl's pass@k). The defaults above follow each estimator's reference
 implementation (TRL where TRL has the estimator, verl otherwise).
+
+REINFORCE++ returns R_t = r_t + gamma R_{t+1} are accumulated over kept tokens from each row's
+last kept token backwards. A masked-out position inside a row (a tool observation of a
+multi-turn rollout) passes the running return through unchanged with masked_tokens="carry"
+(the default; verl 0.9.1) or restarts it at 0 with masked_tokens="reset" (verl before
+verl-project/verl#7300); rewards at masked positions are ignored. `return_returns=True` also
+returns R (un-whitened, 0 on masked positions and unscorable rows): verl's second output.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +57,7 @@ _EST_CODE = {"grpo": 0, "dr_grpo": 0, "rloo": 1, "opo": 2, "gpg": 3, "passk": 4,
 _SINGLETON = {"zero": 0, "raw": 1, "error": 2}
 _SCALE = {"group": 0, "batch": 1, "none": 2}
 _ALPHA = {"informative": 0, "nonzero": 1}
+_MASKED = {"carry": 0, "reset": 1}
 _TOKEN_LEVEL = ("reinforce_pp", "reinforce_pp_baseline")
 
 # Accepted options and their defaults, per estimator.
@@ -60,9 +68,17 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "opo": {"response_mask": None, "lengths": None, "singleton": "raw"},
     "gpg": {"alpha": "informative", "f_norm": 1.0, "singleton": "raw"},
     "passk": {"scale_rewards": "group", "epsilon": 1e-6, "singleton": "error"},
-    "reinforce_pp": {"response_mask": None, "gamma": 1.0, "epsilon": 1e-8},
+    "reinforce_pp": {"response_mask": None, "gamma": 1.0, "epsilon": 1e-8, "masked_tokens": "carry",
+                     "return_returns": False},
     "reinforce_pp_baseline": {"response_mask": None, "epsilon": 1e-8, "singleton": "raw"},
 }
+
+
+class AdvantagesAndReturns(NamedTuple):
+    """REINFORCE++ with ``return_returns=True``: the (N, T) advantages and the un-whitened
+    discounted returns (verl's ``(advantages, returns)`` pair), both of the rewards' dtype."""
+    advantages: Any
+    returns: Any
 
 
 def _group_ids(group_ids: Any, n: int, fn: str) -> np.ndarray:
@@ -91,12 +107,14 @@ def _group_ids(group_ids: Any, n: int, fn: str) -> np.ndarray:
     raise TypeError(f"{fn}(): argument 'group_ids' must hold integers or strings, got dtype {ids.dtype}")
 
 
-def _grouping(n: int, group_ids: Any, num_generations: Any, fn: str, *, required: bool = True):
-    """(ids or None, G) with exactly one of them given (G = 1 when ids are given)."""
+def _grouping(n: int, group_ids: Any, num_generations: Any, fn: str, *, required: bool = True,
+              convert=_group_ids):
+    """(ids or None, G) with exactly one of them given (G = 1 when ids are given). `convert`
+    turns the given ids into what the kernel call takes (the torch layer passes its own)."""
     if group_ids is not None and num_generations is not None:
         raise TypeError(f"{fn}(): pass exactly one of 'group_ids' and 'num_generations', got both")
     if group_ids is not None:
-        return _group_ids(group_ids, n, fn), 1
+        return convert(group_ids, n, fn), 1
     if num_generations is not None:
         g = integer(num_generations, fn, "num_generations", minimum=1)
         if n % g:
@@ -141,22 +159,28 @@ def _reraise(exc: Exception, fn: str) -> Exception:
     return type(exc)(msg)
 
 
-def _run(fn: str, estimator: str, rewards: Any, group_ids: Any, num_generations: Any,
-         options: dict[str, Any]) -> np.ndarray:
+def _options(fn: str, estimator: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` completed with the estimator's defaults; unknown names raise a TypeError."""
     allowed = _OPTIONS[estimator]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(repr(k) for k in allowed) or "none"
         raise TypeError(f"{fn}(): estimator {estimator!r} got unexpected option(s) "
                         f"{', '.join(repr(k) for k in unknown)}; its options are {listed}")
-    opts = {**allowed, **options}
-    token_level = estimator in _TOKEN_LEVEL
-    r = float_array(rewards, fn, "rewards", ndim=(1, 2) if estimator == "reinforce_pp" else (1,))
-    if r.shape[0] == 0:
-        raise ValueError(f"{fn}(): argument 'rewards' must not be empty, got shape {r.shape}")
-    n = r.shape[0]
-    ids, g = _grouping(n, group_ids, num_generations, fn, required=estimator != "reinforce_pp")
+    return {**allowed, **options}
 
+
+def _flag(v: Any, fn: str, arg: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): argument '{arg}' must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def _config(fn: str, estimator: str, opts: dict[str, Any]) -> tuple:
+    """The native config tuple (estimator, singleton, scale_rewards, normalize, gpg_alpha_mode,
+    masked_returns, epsilon, gamma, gpg_alpha, gpg_f_norm) from validated scalar options.
+    Reads only scalar options (not response_mask / lengths), so the torch layer shares it."""
+    allowed = _OPTIONS[estimator]
     singleton = 0
     if "singleton" in allowed:
         singleton = _SINGLETON[choice(opts["singleton"], fn, "singleton", tuple(_SINGLETON))]
@@ -167,17 +191,15 @@ def _run(fn: str, estimator: str, rewards: Any, group_ids: Any, num_generations:
         names = ("group", "batch", "none") if estimator == "grpo" else ("group", "none")
         scale = _SCALE[choice(s, fn, "scale_rewards", names)]
     epsilon = real(opts.get("epsilon", 0.0), fn, "epsilon", minimum=0.0)
-    normalize = 0
-    if "normalize_advantages" in allowed:
-        v = opts["normalize_advantages"]
-        if not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{fn}(): argument 'normalize_advantages' must be a bool, got {type(v).__name__}")
-        normalize = int(bool(v))
-    gamma = 1.0
-    if "gamma" in allowed:
+    normalize = int(_flag(opts["normalize_advantages"], fn, "normalize_advantages")) \
+        if "normalize_advantages" in allowed else 0
+    gamma, masked = 1.0, 0
+    if estimator == "reinforce_pp":
         gamma = real(opts["gamma"], fn, "gamma", minimum=0.0)
         if gamma > 1.0:
             raise ValueError(f"{fn}(): argument 'gamma' must be in [0, 1], got {gamma}")
+        masked = _MASKED[choice(opts["masked_tokens"], fn, "masked_tokens", tuple(_MASKED))]
+        _flag(opts["return_returns"], fn, "return_returns")
     alpha_mode, alpha, f_norm = 0, 1.0, 1.0
     if estimator == "gpg":
         a = opts["alpha"]
@@ -189,7 +211,26 @@ def _run(fn: str, estimator: str, rewards: Any, group_ids: Any, num_generations:
             raise TypeError(f"{fn}(): argument 'alpha' must be 'informative', 'nonzero' or a float, "
                             f"got {type(a).__name__}")
         f_norm = real(opts["f_norm"], fn, "f_norm", minimum=0.0, strict_minimum=True)
-    config = (_EST_CODE[estimator], singleton, scale, normalize, alpha_mode, epsilon, gamma, alpha, f_norm)
+    return (_EST_CODE[estimator], singleton, scale, normalize, alpha_mode, masked, epsilon, gamma, alpha, f_norm)
+
+
+def _check_lengths(lengths: np.ndarray, n: int, fn: str) -> None:
+    if lengths.shape != (n,):
+        raise ValueError(f"{fn}(): argument 'lengths' must have shape ({n},), got {lengths.shape}")
+    if not np.all(np.isfinite(lengths)) or np.any(lengths < 0):
+        raise ValueError(f"{fn}(): argument 'lengths' must be finite and >= 0")
+
+
+def _run(fn: str, estimator: str, rewards: Any, group_ids: Any, num_generations: Any,
+         options: dict[str, Any]):
+    opts = _options(fn, estimator, options)
+    token_level = estimator in _TOKEN_LEVEL
+    r = float_array(rewards, fn, "rewards", ndim=(1, 2) if estimator == "reinforce_pp" else (1,))
+    if r.shape[0] == 0:
+        raise ValueError(f"{fn}(): argument 'rewards' must not be empty, got shape {r.shape}")
+    n = r.shape[0]
+    ids, g = _grouping(n, group_ids, num_generations, fn, required=estimator != "reinforce_pp")
+    config = _config(fn, estimator, opts)
 
     if token_level:
         mask = _mask(opts["response_mask"], n, fn)
@@ -197,11 +238,12 @@ def _run(fn: str, estimator: str, rewards: Any, group_ids: Any, num_generations:
             raise ValueError(f"{fn}(): 2-D 'rewards' (token-level) must have the shape of 'response_mask' "
                              f"{mask.shape}, got {r.shape}")
         out = np.empty(mask.shape, dtype=r.dtype)
+        ret = np.empty(mask.shape, dtype=r.dtype) if opts.get("return_returns") else None
         try:
-            _native.token_advantages(r, mask, ids, g, config, out)
+            _native.token_advantages(r, mask, ids, g, config, out, ret)
         except (ValueError, TypeError) as exc:
             raise _reraise(exc, fn) from None
-        return out
+        return out if ret is None else AdvantagesAndReturns(out, ret)
 
     lengths = None
     if estimator == "opo":
@@ -213,10 +255,7 @@ def _run(fn: str, estimator: str, rewards: Any, group_ids: Any, num_generations:
             lengths = _mask(opts["response_mask"], n, fn).sum(axis=1, dtype=np.int64).astype(r.dtype)
         else:
             lengths = np.ascontiguousarray(float_array(opts["lengths"], fn, "lengths", ndim=(1,)), dtype=r.dtype)
-            if lengths.shape[0] != n:
-                raise ValueError(f"{fn}(): argument 'lengths' must have shape ({n},), got {lengths.shape}")
-            if not np.all(np.isfinite(lengths)) or np.any(lengths < 0):
-                raise ValueError(f"{fn}(): argument 'lengths' must be finite and >= 0")
+            _check_lengths(lengths, n, fn)
     out = np.empty(n, dtype=r.dtype)
     try:
         _native.estimator_advantages(r, ids, g, lengths, config, out)
@@ -245,12 +284,14 @@ def advantages(rewards, estimator: str = "grpo", *, group_ids=None, num_generati
             paper; "nonzero" = N / rows with a non-zero reward, as in verl; or a float),
             f_norm (1.0), singleton; passk: scale_rewards ("group" or "none"), epsilon (1e-6),
             singleton; reinforce_pp: response_mask (required), gamma (1.0), epsilon (1e-8, added
-            to the variance); reinforce_pp_baseline: response_mask (required), epsilon (1e-8),
-            singleton.
+            to the variance), masked_tokens ("carry" or "reset", see the module docstring),
+            return_returns (False); reinforce_pp_baseline: response_mask (required), epsilon
+            (1e-8), singleton.
 
     Returns:
         (N,) advantages, or (N, T) for reinforce_pp and reinforce_pp_baseline (0 on masked
-        tokens), with the rewards' dtype.
+        tokens), with the rewards' dtype. reinforce_pp with return_returns=True: an
+        AdvantagesAndReturns(advantages, returns) pair of (N, T) arrays.
     """
     fn = "advantages"
     est = choice(estimator, fn, "estimator", ESTIMATORS)
@@ -290,10 +331,15 @@ def passk_advantages(rewards, num_generations=None, *, group_ids=None, scale_rew
                 {"scale_rewards": scale_rewards, "epsilon": epsilon, "singleton": singleton})
 
 
-def reinforce_pp_advantages(rewards, response_mask, *, gamma=1.0, epsilon=1e-8) -> np.ndarray:
-    """REINFORCE++ token advantages (N, T): discounted returns whitened over the batch."""
+def reinforce_pp_advantages(rewards, response_mask, *, gamma=1.0, epsilon=1e-8, masked_tokens="carry",
+                            return_returns=False):
+    """REINFORCE++ token advantages (N, T): discounted returns whitened over the batch.
+
+    With return_returns=True, an AdvantagesAndReturns(advantages, returns) pair (verl's two
+    outputs). masked_tokens: "carry" (verl 0.9.1) or "reset"; see the module docstring."""
     return _run("reinforce_pp_advantages", "reinforce_pp", rewards, None, None,
-                {"response_mask": response_mask, "gamma": gamma, "epsilon": epsilon})
+                {"response_mask": response_mask, "gamma": gamma, "epsilon": epsilon,
+                 "masked_tokens": masked_tokens, "return_returns": return_returns})
 
 
 def reinforce_pp_baseline_advantages(rewards, response_mask, num_generations=None, *, group_ids=None,

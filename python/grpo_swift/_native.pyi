@@ -47,11 +47,11 @@ def policy_loss(
 ) -> tuple[float, ...]: ...
 def estimator_advantages(
     rewards: Any, group_ids: Any | None, num_generations: int, lengths: Any | None,
-    config: tuple[int, int, int, int, int, float, float, float, float], out: Any, /
+    config: tuple[int, int, int, int, int, int, float, float, float, float], out: Any, /
 ) -> None: ...
 def token_advantages(
     rewards: Any, response_mask: Any, group_ids: Any | None, num_generations: int,
-    config: tuple[int, int, int, int, int, float, float, float, float], out: Any, /
+    config: tuple[int, int, int, int, int, int, float, float, float, float], out: Any, returns: Any | None, /
 ) -> None: ...
 def zero_spread_groups(
     rewards: Any, group_ids: Any | None, num_generations: int, tolerance: float, out: Any, /

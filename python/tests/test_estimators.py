@@ -129,7 +129,7 @@ def _whiten(values, keep, eps):
     return out
 
 
-def ref_reinforce_pp(rewards, mask, gamma=1.0, eps=1e-8):
+def ref_reinforce_pp(rewards, mask, gamma=1.0, eps=1e-8, masked="carry", returns=False):
     n, t = mask.shape
     tok = np.zeros((n, t))
     scorable = np.ones(n, bool)
@@ -144,15 +144,18 @@ def ref_reinforce_pp(rewards, mask, gamma=1.0, eps=1e-8):
             scorable[i] = not np.isnan(rewards[i][mask[i] != 0]).any()
             tok[i] = np.where(mask[i] != 0, rewards[i], 0.0)
     ret = np.zeros((n, t))
-    for i in range(n):  # G_t = r_t + gamma G_{t+1}, restarted after a masked-out position
-        g = 0.0
+    for i in range(n):  # G_t = r_t + gamma G_{t+1} over kept tokens; a masked-out position
+        g = 0.0         # passes G through ("carry") or restarts it ("reset")
         for j in reversed(range(t)):
             if not mask[i, j]:
-                g = 0.0
+                if masked == "reset":
+                    g = 0.0
                 continue
             g = tok[i, j] + gamma * g
             ret[i, j] = g
     keep = (mask != 0) & scorable[:, None]
+    if returns:
+        return np.where(keep, ret, 0.0)
     return _whiten(ret, keep, eps)
 
 
@@ -254,21 +257,47 @@ def test_passk_matches_reference(rng, scale):
     np.testing.assert_allclose(got, ref_passk(r, ids, scale), **TOL)
 
 
+@pytest.mark.parametrize("masked", ["carry", "reset"])
 @pytest.mark.parametrize("gamma", [1.0, 0.9, 0.0])
 @pytest.mark.parametrize("token_level", [False, True])
-def test_reinforce_pp_matches_reference(rng, gamma, token_level):
+def test_reinforce_pp_matches_reference(rng, gamma, token_level, masked):
     n, t = 40, 13
     mask = _mask(rng, n, t)
-    mask[3, 2] = False  # a hole inside a response: the return restarts there
+    mask[3, 2] = False  # a hole inside a response: the return is carried through it or restarts
+    mask[7, 1:4] = [True, False, True]  # another, with kept tokens on both sides
     if token_level:
         r = rng.normal(size=(n, t))
         r[5, 1] = np.nan if mask[5, 1] else r[5, 1]
         r[~mask] = np.where(rng.random((~mask).sum()) < 0.5, np.nan, 100.0)  # ignored positions
     else:
         r = _rewards(rng, n)
-    got = gs.reinforce_pp_advantages(r, mask, gamma=gamma)
-    np.testing.assert_allclose(got, ref_reinforce_pp(r, mask, gamma), rtol=1e-9, atol=1e-10)
+    got = gs.reinforce_pp_advantages(r, mask, gamma=gamma, masked_tokens=masked)
+    np.testing.assert_allclose(got, ref_reinforce_pp(r, mask, gamma, masked=masked), rtol=1e-9, atol=1e-10)
     assert np.all(got[~mask] == 0)
+    both = gs.reinforce_pp_advantages(r, mask, gamma=gamma, masked_tokens=masked, return_returns=True)
+    assert isinstance(both, gs.AdvantagesAndReturns)
+    np.testing.assert_array_equal(both.advantages, got)
+    np.testing.assert_allclose(both.returns, ref_reinforce_pp(r, mask, gamma, masked=masked, returns=True),
+                               rtol=1e-12, atol=1e-12)
+    if masked == "carry":
+        np.testing.assert_array_equal(got, gs.reinforce_pp_advantages(r, mask, gamma=gamma))  # the default
+        a, ret = gs.advantages(r, "reinforce_pp", gamma=gamma, response_mask=mask, return_returns=True)
+        np.testing.assert_array_equal(a, got)
+        np.testing.assert_array_equal(ret, both.returns)
+
+
+def test_reinforce_pp_carry_and_reset_hand_worked():
+    # One row, tokens [a, obs, obs, a, a], outcome reward 1 on the last kept token, gamma 0.5.
+    mask = np.array([[1, 0, 0, 1, 1]], bool)
+    carry = gs.reinforce_pp_advantages([1.0], mask, gamma=0.5, return_returns=True).returns
+    reset = gs.reinforce_pp_advantages([1.0], mask, gamma=0.5, masked_tokens="reset", return_returns=True).returns
+    np.testing.assert_array_equal(carry, [[0.25, 0, 0, 0.5, 1]])  # the observations take no discount
+    np.testing.assert_array_equal(reset, [[0.0, 0, 0, 0.5, 1]])
+    # float32 returns are the float64 returns rounded once
+    r32 = gs.reinforce_pp_advantages(np.array([1 / 3], np.float32), mask, gamma=0.9, return_returns=True)
+    assert r32.returns.dtype == np.float32 and r32.advantages.dtype == np.float32
+    r64 = gs.reinforce_pp_advantages(np.array([np.float32(1 / 3)], np.float64), mask, gamma=0.9, return_returns=True)
+    np.testing.assert_array_equal(r32.returns, r64.returns.astype(np.float32))
 
 
 @pytest.mark.parametrize("singleton", ["zero", "raw"])
