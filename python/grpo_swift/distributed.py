@@ -111,7 +111,7 @@ METRIC_REDUCTIONS: dict[str, str] = {
     "kl": "weighted", "entropy": "weighted",
     "clip_ratio/low_mean": "weighted", "clip_ratio/high_mean": "weighted", "clip_ratio/region_mean": "weighted",
     "clip_ratio/low_min": "nanmin", "clip_ratio/high_max": "nanmax",
-    "cispo_clip_ratio": "weighted", "vespo/phi_seq_mean": "weighted",
+    "cispo_clip_ratio": "weighted", "vespo/phi_seq_mean": "weighted", "pg_clipfrac_lower": "weighted",
     "policy_loss": "nanmean", "loss": "mean", "policy_term": "mean", "kl_term": "mean", "entropy_term": "mean",
     "num_tokens": "sum", "num_entropy_tokens": "sum", "num_off_policy_dropped": "sum",
 }
@@ -398,7 +398,8 @@ def _count_kind(config: LossConfig, per_token_advantages: bool) -> dict[str, str
     ratio = "rows" if seq else "tokens"
     return {"kl": "tokens", "entropy": "tokens", "clip_ratio/low_mean": ratio, "clip_ratio/high_mean": ratio,
             "clip_ratio/region_mean": ratio, "cispo_clip_ratio": ratio,
-            "vespo/phi_seq_mean": "tokens" if per_token_advantages else "rows"}
+            "vespo/phi_seq_mean": "tokens" if per_token_advantages else "rows",
+            "pg_clipfrac_lower": "tokens"}  # dual clip (verl): a token mean at every level
 
 
 def _reduce(names: Sequence[str], table: torch.Tensor, kinds: Mapping[str, str]) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 TIMEOUT = timedelta(seconds=float(os.environ.get("GRPO_DIST_COLLECTIVE_TIMEOUT", "120")))
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo")
 
 # Global batch: 12 rows in groups of 4; rank 0 holds rows 0-5 (T = 7), rank 1 rows 6-11 (T = 5),
 # so group 1 (rows 4-7) spans both ranks and the completion lengths differ per rank.
@@ -33,6 +33,12 @@ CASES = {
                               delta=1.6), 1),
     "ga2-spg2-entropy": (dict(beta=0.02, top_entropy_quantile=0.5, entropy_coef=0.1, steps_per_generation=2), 2),
 }
+
+
+def runs(case: str, loss_type: str) -> bool:
+    """Which (case, loss_type) pairs run. GMPO (TRL's experimental GMPOTrainer) is token level only
+    and has no entropy bonus in TRL, so it runs in the token case, against GMPOTrainer."""
+    return loss_type != "gmpo" or case == "token-beta"
 
 
 class TinyPolicy(torch.nn.Module):
@@ -111,6 +117,8 @@ def grads_main(out_dir: str) -> None:
         adv = single_adv.to(dtype if dtype == torch.float64 else torch.float32)
         for case, (opts, ga) in CASES.items():
             for loss_type in LOSS_TYPES:
+                if not runs(case, loss_type):
+                    continue
                 options = dict(opts, loss_type=loss_type, max_completion_length=9, gradient_accumulation_steps=ga)
                 if loss_type == "cispo":
                     options["epsilon_high"] = 1.1
@@ -171,6 +179,9 @@ def run_case(acc, DDP, gsd, gst, make_trainer, data, adv, options, ga, rank, W, 
 
     # 3. TRL 1.16's own _compute_loss on this rank's rows, its gathers through accelerate, under DDP.
     trl_options = {k: v for k, v in options.items()}
+    if options["loss_type"] == "gmpo":
+        from trl.experimental.gmpo import GMPOTrainer
+        trl_options["trainer_cls"] = GMPOTrainer
     trainer = make_trainer(accelerator=acc, **trl_options)
     model = DDP(TinyPolicy(dtype))
     losses, metrics = [], []
@@ -188,6 +199,12 @@ def run_case(acc, DDP, gsd, gst, make_trainer, data, adv, options, ga, rank, W, 
                      "num_items_in_batch": torch.tensor(n_items)}
             loss = trainer._compute_loss(None, batch)
             loss.backward()
+            # GMPO: TRL adds -A_i / (B GA) for a row without valid tokens (its geometric mean of nothing
+            # is exp(0) = 1); grpo_swift adds 0 there (a fully masked batch gives loss 0), documented in
+            # docs/guide.md. Gradients are identical; the loss differs by this constant.
+            empty = m.sum(-1) == 0
+            shift = float(a[empty].sum()) / (n * ga) if options["loss_type"] == "gmpo" else 0.0
+            out.setdefault("trl_empty_row_shift", []).append(shift)
         losses.append(float(loss.detach()))
         metrics.append({k2: v[-1] for k2, v in trainer._metrics["train"].items()})
     out["trl_ddp_grad"] = model.module.weight.grad.detach().clone()
