@@ -25,23 +25,9 @@ import torch.distributed as dist
 import grpo_swift.distributed as gsd
 import grpo_swift.torch as gst
 
-V, EOS = 11, 10  # digits 0-9 and <eos>
-
-
-class Policy(torch.nn.Module):
-    def __init__(self, prompts: int, T: int, hidden: int = 32) -> None:
-        super().__init__()
-        self.prompt = torch.nn.Embedding(prompts, hidden)
-        self.pos = torch.nn.Embedding(T, hidden)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.Tanh())
-        self.head = torch.nn.Linear(hidden, V, bias=False)
-
-    def hidden(self, prompt_ids: torch.Tensor) -> torch.Tensor:  # (B, T, H)
-        return self.mlp(self.prompt(prompt_ids)[:, None, :] + self.pos.weight[None])
-
-    def forward(self, prompt_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        lp, _entropy = gst.fused_log_probs(self.hidden(prompt_ids), self.head.weight, tokens)
-        return lp
+# The task and the policy of torch_grpo.py (same directory): single-digit sums, an MLP policy whose
+# log-probs come from grpo_swift.torch.fused_log_probs.
+from torch_grpo import Policy, sample, task_rewards  # noqa: E402
 
 
 def run(steps: int = 60, seed: int = 0, prompts: int = 6, G: int = 8, T: int = 4, beta: float = 0.02,
@@ -61,13 +47,10 @@ def run(steps: int = 60, seed: int = 0, prompts: int = 6, G: int = 8, T: int = 4
     history = []
     for step in range(steps):
         p = torch.arange(prompts).repeat_interleave(G)[mine]
+        tokens = sample(policy, p, T, generator=sampler)
         with torch.no_grad():
-            probs = torch.softmax(policy.hidden(p) @ policy.head.weight.T, dim=-1)
-            tokens = torch.multinomial(probs.reshape(-1, V), 1, generator=sampler).reshape(len(p), T)
             ref_lp = ref(p, tokens)
-        correctness = (tokens[:, :-1] == want[p]).float().mean(1)
-        fmt = (tokens[:, -1] == EOS).float()
-        rewards = torch.stack([correctness, fmt], dim=1)
+        rewards = task_rewards(tokens, p, want)
         adv = gsd.group_advantages(rewards, G, reward_weights=[1.0, 0.5])
         mask = torch.ones(len(p), T, dtype=torch.bool)
         loss, metrics = gsd.grpo_loss(model(p, tokens), adv.advantages, mask, ref_per_token_logps=ref_lp,

@@ -39,6 +39,22 @@ class Policy(torch.nn.Module):
         lp, _entropy = gst.fused_log_probs(self.hidden(prompt_ids), self.head.weight, tokens)
         return lp
 
+    forward = log_probs  # so that a DDP wrapper (examples/distributed_grpo.py) can call it
+
+
+def sample(policy: Policy, prompt_ids: torch.Tensor, T: int, generator=None) -> torch.Tensor:
+    """Completions (B, T) sampled from the policy (no gradient)."""
+    with torch.no_grad():
+        probs = torch.softmax(policy.hidden(prompt_ids) @ policy.head.weight.T, dim=-1)
+        return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).reshape(len(prompt_ids), T)
+
+
+def task_rewards(tokens: torch.Tensor, prompt_ids: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """(B, 2): correctness (the share of the T-1 target digits hit) and format (ends with <eos>)."""
+    correctness = (tokens[:, :-1] == want[prompt_ids]).float().mean(1)
+    fmt = (tokens[:, -1] == EOS).float()
+    return torch.stack([correctness, fmt], dim=1)
+
 
 def run(steps: int = 80, seed: int = 0, prompts: int = 6, G: int = 8, T: int = 4, num_iterations: int = 2,
         beta: float = 0.02, lr: float = 0.02, verbose: bool = True) -> list[float]:
@@ -50,14 +66,11 @@ def run(steps: int = 80, seed: int = 0, prompts: int = 6, G: int = 8, T: int = 4
     history = []
     for step in range(steps):
         p = torch.arange(prompts).repeat_interleave(G)  # G consecutive completions per prompt
-        with torch.no_grad():  # generation
-            probs = torch.softmax(policy.hidden(p) @ policy.head.weight.T, dim=-1)
-            tokens = torch.multinomial(probs.reshape(-1, V), 1).reshape(len(p), T)
+        tokens = sample(policy, p, T)  # generation
+        with torch.no_grad():
             old_lp = policy.log_probs(p, tokens)
             ref_lp = ref.log_probs(p, tokens)
-        correctness = (tokens[:, :-1] == want[p]).float().mean(1)
-        fmt = (tokens[:, -1] == EOS).float()
-        rewards = torch.stack([correctness, fmt], dim=1)
+        rewards = task_rewards(tokens, p, want)
         adv = gst.group_advantages(rewards, G, reward_weights=[1.0, 0.5]).advantages
         mask = torch.ones(len(p), T, dtype=torch.bool)
         for _ in range(num_iterations):  # several updates per generation: ratios move, clipping acts
