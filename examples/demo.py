@@ -287,6 +287,16 @@ def reading(h: dict, beta: float, loss_type: str, num_iterations: int) -> str:
     return txt
 
 
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The training options shared by this demo and examples/estimators.py."""
+    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    p.add_argument("--num-generations", type=int, default=8, help="completions per prompt (G)")
+    p.add_argument("--num-iterations", type=int, default=3, help="optimiser updates per generation")
+    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--loss-type", default="grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -294,12 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("out", "grpo_demo.png"), help="where to save the figure (PNG)")
     p.add_argument("--quick", action="store_true", help="a short run (what the tests use)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--num-generations", type=int, default=8, help="completions per prompt (G)")
-    p.add_argument("--num-iterations", type=int, default=3, help="optimiser updates per generation")
-    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--loss-type", default="grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+    add_training_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     steps = args.steps if args.steps is not None else (60 if args.quick else 300)

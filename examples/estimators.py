@@ -139,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a short run (what the tests use)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("out", "estimators.png"), help="where to save the figure (PNG)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--num-generations", type=int, default=8, help="completions per prompt (G)")
-    p.add_argument("--num-iterations", type=int, default=3, help="optimiser updates per generation")
-    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--loss-type", default="grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+    demo.add_training_options(p)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     unknown = [n for n in names if n not in ESTIMATORS]
