@@ -17,30 +17,31 @@
 // computed once on the whole batch's log-probs (O(N) work), exactly as the 4-GEMM schedule does.
 //
 // Per block (rows r0 ..< r0 + nr, whole sequences), everything is organised by vocabulary chunks
-// of `gemmCols` (1024) columns, so that each chunk is transformed while the GEMM that produced it
-// (or is about to read it) has it in cache — the block itself (nr x V floats) is far larger than
-// any cache, and every extra sweep over it costs a trip to memory:
+// of `gemmCols` (2048) columns, so that each chunk is transformed right after (or right before)
+// the GEMM that writes (or reads) it, while it is still in cache: the block itself (nr x V floats)
+// is far larger than any cache, and every extra sweep over it costs a trip to memory.
 //   forward, one task per chunk: sgemm logits[:, chunk] = hidden[rows] W[chunk]^T, then fold each
 //     row's chunk at once (y = scale / softcap / bias transform, chunk max m_c, s_c = sum e^d,
 //     t_c = sum e^d d, d = (y - m_c) / tau). Without softcap and without an entropy gradient
 //     (the common case) the fold stores e^d itself in place of the logits, so the backward needs
-//     no second exp: p = e^d * k_c with k_c = exp((m_c - M) / tau - log s) per (row, chunk);
+//     no second exp: p = e^d k_c with k_c = exp((m_c - M) / tau - log s) per (row, chunk);
 //     otherwise it stores y and the backward recomputes p from the log-sum-exp.
 //   merge, per row: the chunks' (m_c, s_c, t_c) combined in chunk order -> lp, H, log-sum-exp.
 //   the loss kernel on the block: g = d loss / d lp, gH = d loss / d H (rescaled as above).
 //   backward, one task per group of consecutive chunks (`backwardGroups` = 8 groups, fewer for
-//     small V), chunk by chunk: overwrite the chunk with d loss / d logits, then
-//       grad_weight[chunk] (+)= G[:, chunk]^T hidden[rows]      (sgemm, K = nr)
-//       grad_bias[chunk] += column sums of G (rows in order)
-//       P_group (+)= G[:, chunk] W[chunk]                        (sgemm, K = 1024)
+//     small V): overwrite the group's columns with d loss / d logits, then
+//       grad_weight[group] (+)= G[:, group]^T hidden[rows]       (one sgemm, K = nr)
+//       grad_bias[group] += column sums of G (rows in order)
+//       P_group = G[:, group] W[group]                           (one sgemm, K = group width)
 //     and finally grad_hidden[rows] = P_0 + P_1 + ... + P_7 (group order; P_0 is written straight
 //     into grad_hidden). Splitting grad_hidden's reduction dimension by groups lets each task read
-//     its chunks of G and W once; splitting its output columns instead (the previous design) made
-//     every one of the 7 tasks re-pack the whole resident block.
+//     its part of G and W once; splitting its output columns instead (the previous design) made
+//     every one of 7 tasks re-pack the whole resident block.
 // Every partition (chunks, groups, rows of the merge) is fixed by the shapes, never by the thread
 // count, and every sum runs in a fixed order, so results are bitwise identical for any thread
 // count. Scratch (`ResidentPlan.scratchFloats`, within the budget): the block's logits (row stride
-// V + 16), 3 statistics per (row, chunk) and one float per row, and 7 partial grad_hidden blocks.
+// V + 16), 3 statistics per (row, chunk) and one float per row, and the 7 partial grad_hidden
+// blocks; mapped once per call (transparent huge pages requested, FusedLMHead.allocateScratch).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,8 +61,8 @@ extension FusedLinearLoss {
         guard !o1, !o2 else { return defaultScratchBudget }
         return Swift.min(defaultScratchBudget, b)
     }
-    /// Vocabulary columns per forward task and per backward step.
-    static let gemmCols = 1024
+    /// Vocabulary columns per forward task (one logits sgemm, then the fold of its rows).
+    static let gemmCols = 2048
     /// Vocabulary groups of the backward (the grad_hidden reduction is split into this many
     /// partial products): fixed, so the rounding never depends on the thread count.
     static let backwardGroups = 8
@@ -232,7 +233,7 @@ extension FusedLinearLoss {
             Parallel.forEachChunk(count: chunks, chunkSize: rp.chunksPerGroup) { gi, group in
                 let (tile, stats, _, partials, _, entp, lsep, gp, gHp) = state.value
                 let (ghp, gwp, gbp) = outs.value
-                let partial = ghp.map { gi == 0 ? $0 + r0 * H : partials + (gi - 1) * maxRows * H }
+                let g0 = group.lowerBound * gemmCols, gn = Swift.min(group.upperBound * gemmCols, V) - g0
                 for c in group {
                     let c0 = c * gemmCols, nc = Swift.min(gemmCols, V - c0)
                     for r in 0..<nr {
@@ -250,21 +251,21 @@ extension FusedLinearLoss {
                             residentBackward(seg, nc, p, target: y - c0, lse: lsep[i], h: entp[i], gl: gl, gh: gh)
                         }
                     }
-                    if let gbp {
-                        for r in 0..<nr {
-                            let seg = tile + r * ld + c0
-                            for j in 0..<nc { gbp[c0 + j] += seg[j] }
-                        }
+                }
+                if let gbp {
+                    for r in 0..<nr {
+                        let seg = tile + r * ld + g0
+                        for j in 0..<gn { gbp[g0 + j] += seg[j] }
                     }
-                    if let gwp {
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(nc), Int32(H), Int32(nr),
-                                    1, tile + c0, Int32(ld), hBlock, Int32(H), beta, gwp + c0 * H, Int32(H))
-                    }
-                    if let partial {
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nr), Int32(H), Int32(nc),
-                                    1, tile + c0, Int32(ld), w + c0 * H, Int32(H),
-                                    c == group.lowerBound ? 0 : 1, partial, Int32(H))
-                    }
+                }
+                if let gwp {
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(gn), Int32(H), Int32(nr),
+                                1, tile + g0, Int32(ld), hBlock, Int32(H), beta, gwp + g0 * H, Int32(H))
+                }
+                if let ghp {
+                    let partial = gi == 0 ? ghp + r0 * H : partials + (gi - 1) * maxRows * H
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nr), Int32(H), Int32(gn),
+                                1, tile + g0, Int32(ld), w + g0 * H, Int32(H), 0, partial, Int32(H))
                 }
             }
             // 5. grad_hidden[rows] = P_0 + P_1 + ... (group order).

@@ -24,8 +24,10 @@
 // Loss and metrics are always computed once on the whole batch's (lp, H) (O(N) work). Reference
 // log-probs from (ref_hidden, ref_weight) take one more forward GEMM pass, under no grad.
 //
-// Memory: 3-GEMM: one block's logits, at most `scratchBudget` bytes (default min(256 MiB, half
-// of the N x V logits): never an N x V buffer; blocks hold floor(budget / (4 T V)) sequences); 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
+// Memory: 3-GEMM: one block's resident scratch (logits, per-chunk statistics, partial grad_hidden
+// blocks), at most `scratchBudget` bytes (default min(256 MiB, half of the N x V logits): never an
+// N x V buffer; the batch is cut into the fewest balanced blocks of whole sequences that fit);
+// 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
 // 16 MiB with the defaults). Plus O(N) per-row vectors: lp, H, g, gH (float) and lse (double) =
 // 24 N bytes (+4 N for computed ref log-probs). Never O(N V) beyond the budget; `scratchBytes`
 // gives the exact figure.
