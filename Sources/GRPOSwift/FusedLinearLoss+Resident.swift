@@ -226,8 +226,8 @@ extension FusedLinearLoss {
             if gScale != 1 { for i in r0..<(r0 + nr) { gp[i] = Float(Double(gp[i]) * gScale) } }
             if withEntropy { for i in r0..<(r0 + nr) { gHp[i] = Float(Double(gHp[i]) * maskRatio) } }
 
-            // 4. Backward: per group of chunks, chunk by chunk: d loss / d logits in place, then the
-            //    grad_weight / grad_bias slice and the group's partial grad_hidden.
+            // 4. Backward, per group of chunks: d loss / d logits in place over the group's columns, then
+            //    its grad_bias and grad_weight slices and its partial grad_hidden (one sgemm each).
             let beta: Float = k == 0 ? 0 : 1
             let outs = UncheckedSendable((ghp, gwp, gbp))
             Parallel.forEachChunk(count: chunks, chunkSize: rp.chunksPerGroup) { gi, group in

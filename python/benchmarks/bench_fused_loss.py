@@ -60,7 +60,9 @@ def liger_fns(h, w, ids, mask, adv, old, compiled_too: bool) -> dict:
     except ImportError as e:
         print(f"  Liger-Kernel anchor skipped: liger-kernel is not importable ({e})")
         return {}
-    print(f"  liger-kernel {getattr(liger_kernel, '__version__', '')} (module: liger_kernel.chunked_loss), "
+    import importlib.metadata
+    version = getattr(liger_kernel, "__version__", None) or importlib.metadata.version("liger-kernel")
+    print(f"  liger-kernel {version} (module: liger_kernel.chunked_loss), "
           f"torch {torch.__version__} threads={torch.get_num_threads()}")
     x, wt = torch.from_numpy(h), torch.from_numpy(w)
     ids_t, mask_t, adv_t, old_t = (torch.from_numpy(a) for a in (ids, mask.astype(np.int64), adv, old))
@@ -70,7 +72,7 @@ def liger_fns(h, w, ids, mask, adv, old, compiled_too: bool) -> dict:
             xi, wi = x.detach().requires_grad_(), wt.detach().requires_grad_()
             loss, _ = mod(xi, wi, ids_t, mask_t, adv_t, old_per_token_logps=old_t)
             loss.backward()
-            return float(loss), xi.grad, wi.grad
+            return float(loss.detach()), xi.grad, wi.grad
         return f
 
     fns = {"grpo_swift.torch.FusedLinearGRPOLoss": step(FusedLinearGRPOLoss(beta=0.0, loss_type="dapo"))}

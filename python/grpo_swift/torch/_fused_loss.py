@@ -70,11 +70,13 @@ class _FusedLinearGRPO(torch.autograd.Function):
         gh, gw, gb = ctx.saved_tensors
         hshape, hd, wd, bd = ctx.shapes
         s = grad_loss.to(torch.float32)
+        unit = bool(s == 1)  # the usual loss.backward(): hand the stored gradients over without a copy
 
         def scaled(g, dtype, shape=None):
             if g is None:
                 return None
-            g = g * s
+            if not unit:
+                g = g * s
             if shape is not None:
                 g = g.reshape(shape)
             return g.to(dtype)
