@@ -456,8 +456,8 @@ def test_matches_liger_kernel_options(loss_type):
     x, w, b, *_ = _liger_inputs(60)
     g = torch.Generator().manual_seed(1)
     isr = torch.exp(torch.randn(4, 7, generator=g) * 0.1)
-    # Padding holds ratio 1, as TRL's pipeline produces: Liger's vespo sums log(ratio) over all T
-    # positions, TRL 1.16 and grpo_swift over valid tokens only.
+    # Padding holds ratio 1, as TRL's pipeline produces: for vespo, Liger and TRL 1.16 add log(ratio)
+    # over all T positions, grpo_swift over valid tokens only (its documented deviation).
     isr[_liger_inputs(60)[4] == 0] = 1.0
     call = dict(ref_input=(x.detach() + 0.05).reshape(4, 7, -1), ref_weight=w.detach() * 0.98,
                 ref_bias=b.detach(), vllm_is_ratio=isr, num_items_in_batch=40, with_ref=False)
