@@ -768,11 +768,15 @@ grpo_status grpo_zero_spread_groups_f32(const float *rewards, ptrdiff_t n,
  * with g = d loss/d lp and gH = d loss/d H from the loss kernel. The n x vocab logits are never
  * stored whole. Two schedules (same results within float32 rounding; loss and metrics always
  * from one loss-kernel call on the whole batch):
- *   3 GEMM passes (float32 inputs, top_entropy_quantile == 1, length x vocab x 4 bytes <=
- *   scratch_budget): per block of whole sequences, sgemm the block's logits into scratch, fold
- *   rows (lp, H), the loss kernel on the block (its normalisers depend only on the mask, so g is
- *   exact after a known rescale), logits overwritten with G, then grad_hidden and grad_weight by
- *   sgemm. Extra memory: one block's logits (<= scratch_budget).
+ *   3 GEMM passes (float32 inputs, top_entropy_quantile == 1, and one sequence's resident
+ *   scratch, length x (vocab + 16 + 3 ceil(vocab / 2048) + 1 + (groups - 1) hidden_size) x 4
+ *   bytes with groups = min(8, ceil(vocab / 2048)), <= scratch_budget): per block of whole
+ *   sequences (the fewest balanced blocks that fit), sgemm the block's logits into scratch 2048
+ *   vocabulary columns at a time, folding each chunk (lp, H statistics) while it is in cache, the
+ *   loss kernel on the block (its normalisers depend only on the mask, so g is exact after a
+ *   known rescale), logits overwritten with G, then grad_weight and grad_hidden by sgemm over
+ *   8 vocabulary groups (grad_hidden as the group-ordered sum of 8 partial products). Extra
+ *   memory: one block's resident scratch (<= scratch_budget).
  *   4 GEMM passes (otherwise): pass 1 (one sgemm per tile + online log-sum-exp) over all rows,
  *   the loss kernel, pass 2 (tile recomputed, overwritten with G, two sgemms). Extra memory: one
  *   tile (grpo_fused_log_probs_scratch_bytes).
@@ -817,9 +821,10 @@ typedef struct grpo_fused_loss_inputs {
     /** (batch, importance_sampling_ratio_cols) or NULL, cols 1 or length. */
     const void *importance_sampling_ratio;
     ptrdiff_t importance_sampling_ratio_cols;
-    /** Bytes of resident logits the 3-GEMM schedule may use (>= 0; 0 = the default,
+    /** Bytes of resident scratch the 3-GEMM schedule may use (>= 0; 0 = the default,
         min(256 MiB, n x vocab x 2): half the logits at most, never an n x vocab buffer).
-        A budget below length x vocab x 4 selects the 4-GEMM schedule. */
+        A budget below one sequence's resident scratch (see above; a little more than
+        length x vocab x 4) selects the 4-GEMM schedule. */
     ptrdiff_t scratch_budget;
 } grpo_fused_loss_inputs;
 

@@ -206,9 +206,15 @@ public enum FusedLMHead {
               raw != MAP_FAILED else {
             throw GRPOError(.noMemory, "could not map \(bytes) bytes of scratch for the fused LM head")
         }
+        // Transparent huge pages where the system allows them on request (madvise mode): one fault
+        // per 2 MiB instead of per 4 KiB, and far fewer TLB misses when the GEMMs walk a resident
+        // block with a row stride of V floats. Advisory: ignored where unsupported.
+        if bytes >= hugePageThreshold { _ = madvise(raw, bytes, Int32(MADV_HUGEPAGE)) }
         return UnsafeMutableBufferPointer(start: raw.bindMemory(to: Float.self, capacity: count), count: count)
     }
 
+    /// Scratch mappings from this size on are advised to use transparent huge pages.
+    static let hugePageThreshold = 4 << 20
     static func releaseScratch(_ buffer: UnsafeMutableBufferPointer<Float>) {
         guard let base = buffer.baseAddress else { return }
         _ = munmap(UnsafeMutableRawPointer(base), Swift.max(buffer.count, 1) * MemoryLayout<Float>.stride)

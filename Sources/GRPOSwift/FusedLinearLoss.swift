@@ -24,8 +24,10 @@
 // Loss and metrics are always computed once on the whole batch's (lp, H) (O(N) work). Reference
 // log-probs from (ref_hidden, ref_weight) take one more forward GEMM pass, under no grad.
 //
-// Memory: 3-GEMM: one block's logits, at most `scratchBudget` bytes (default min(256 MiB, half
-// of the N x V logits): never an N x V buffer; blocks hold floor(budget / (4 T V)) sequences); 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
+// Memory: 3-GEMM: one block's resident scratch (logits, per-chunk statistics, partial grad_hidden
+// blocks), at most `scratchBudget` bytes (default min(256 MiB, half of the N x V logits): never an
+// N x V buffer; the batch is cut into the fewest balanced blocks of whole sequences that fit);
+// 4-GEMM: the fused head's tile (FusedLMHead.scratchBytes,
 // 16 MiB with the defaults). Plus O(N) per-row vectors: lp, H, g, gH (float) and lse (double) =
 // 24 N bytes (+4 N for computed ref log-probs). Never O(N V) beyond the budget; `scratchBytes`
 // gives the exact figure.
@@ -84,8 +86,9 @@ public struct FusedLinearLossInputs<E: LogitElement> {
 public enum FusedLinearLoss {
     /// Bytes the call allocates besides its outputs (an upper bound): the larger of the fused
     /// head's tile scratch (4-GEMM schedule; pass 1 and pass 2 map it in turn) and one block's
-    /// resident logits plus 12 bytes per block row (3-GEMM schedule, when it applies for this
-    /// batch x length), plus 24 bytes per row (+4 with ref_hidden).
+    /// resident scratch (3-GEMM schedule, when it applies for this batch x length: its logits,
+    /// per-chunk statistics and partial grad_hidden blocks, within the budget), plus 24 bytes per
+    /// row (+4 with ref_hidden).
     public static func scratchBytes(batch: Int, length: Int, hiddenSize: Int, vocab: Int, head: LMHeadConfig,
                                     bfloat16: Bool, refFromHidden: Bool, lossConfig: LossConfig = LossConfig(),
                                     scratchBudget: Int? = nil) throws(GRPOError) -> Int {
@@ -93,13 +96,10 @@ public enum FusedLinearLoss {
         let scratchBudget = resolvedBudget(scratchBudget, rows: rows, vocab: vocab)
         var tile = try FusedLMHead.scratchBytes(rows: rows, hidden: hiddenSize, vocab: vocab, config: head,
                                                 bfloat16: bfloat16)
-        if let seqs = residentSequences(batch: batch, length: length, vocab: vocab, budget: scratchBudget,
-                                        config: lossConfig, isFloat: !bfloat16) {
-            let blockRows = seqs * length
-            // residentSequences checked (vocab + ldPad) * 4 * blockRows <= budget: no overflow there.
-            let (resident, o) = (blockRows * (vocab + ldPad) * 4).addingReportingOverflow(blockRows * 16)
-            guard !o else { throw GRPOError(.overflow, "scratch size overflows") }
-            tile = Swift.max(tile, resident)
+        if let rp = residentPlan(batch: batch, length: length, hiddenSize: hiddenSize, vocab: vocab,
+                                 budget: scratchBudget, config: lossConfig, isFloat: !bfloat16) {
+            // residentPlan checked floatsPerRow * 4 * length <= budget, and maxRows <= budget / (4 floatsPerRow).
+            tile = Swift.max(tile, rp.scratchFloats * MemoryLayout<Float>.stride)
         }
         let perRow = 24 + (refFromHidden ? 4 : 0)
         let rowsBytes = try checkedProduct(rows, perRow, what: "per-row scratch")
@@ -171,9 +171,9 @@ public enum FusedLinearLoss {
 
         // The 3-GEMM schedule (FusedLinearLoss+Resident.swift) when it applies.
         if wantGrad, E.self == Float.self,
-           let seqs = residentSequences(batch: x.batch, length: x.length, vocab: x.vocab,
-                                        budget: resolvedBudget(scratchBudget, rows: n, vocab: x.vocab),
-                                        config: loss, isFloat: true) {
+           let rp = residentPlan(batch: x.batch, length: x.length, hiddenSize: x.hiddenSize, vocab: x.vocab,
+                                 budget: resolvedBudget(scratchBudget, rows: n, vocab: x.vocab),
+                                 config: loss, isFloat: true) {
             let p = try FusedLMHead.plan(rows: n, hidden: x.hiddenSize, vocab: x.vocab, config: head)
             try FusedLMHead.validateCommon(p, hidden: x.hidden.count, weight: x.weight.count, bias: x.bias?.count,
                                            targets: x.targets)
@@ -190,10 +190,17 @@ public enum FusedLinearLoss {
                 importanceSamplingRatio: x.importanceSamplingRatio)
             try lp.withUnsafeMutableBufferPointer { (lpB) throws(GRPOError) in
                 try ent.withUnsafeMutableBufferPointer { (entB) throws(GRPOError) in
-                    try refComputed.withUnsafeBufferPointer { (rcB) throws(GRPOError) in
-                        try computeResident(xf, loss: loss, plan: p, sequencesPerBlock: seqs,
-                                            ref: refFromHidden ? rcB : x.refLogps, lp: lpB, ent: entB,
-                                            gradHidden: gradHidden, gradWeight: gradWeight, gradBias: gradBias)
+                    try lse.withUnsafeMutableBufferPointer { (lseB) throws(GRPOError) in
+                        try g.withUnsafeMutableBufferPointer { (gB) throws(GRPOError) in
+                            try gH.withUnsafeMutableBufferPointer { (gHB) throws(GRPOError) in
+                                try refComputed.withUnsafeBufferPointer { (rcB) throws(GRPOError) in
+                                    try computeResident(xf, loss: loss, plan: p, resident: rp,
+                                                        ref: refFromHidden ? rcB : x.refLogps, lp: lpB, ent: entB,
+                                                        lse: lseB, g: gB, gH: gHB, gradHidden: gradHidden,
+                                                        gradWeight: gradWeight, gradBias: gradBias)
+                                }
+                            }
+                        }
                     }
                 }
             }

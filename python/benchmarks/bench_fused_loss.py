@@ -6,6 +6,11 @@ runs tiny sizes only):
   - the composed path: fused_log_probs_forward -> grpo_loss -> fused_log_probs_backward
   - the GEMM floor: one plain OpenBLAS sgemm of the (N x H) x (H x V) shape, x3 (anchor;
     goal: the fused loss within 1.15x of it) and x4 (the composed path's GEMM count).
+  - Liger-Kernel's LigerFusedLinearGRPOLoss on CPU (pure torch: chunked logits per sequence and
+    per 4096 vocabulary columns, recomputed in its backward), eager and with its compiled=True
+    (torch.compile of the loss maths; first call compiles, excluded by the warm-up; V=151936:
+    eager only), against grpo_swift.torch.FusedLinearGRPOLoss (the drop-in module) on the same
+    torch tensors. Skipped with the reason when liger-kernel is not importable.
 The fused kernel runs the 3-GEMM schedule here (per block of whole sequences the logits stay
 resident between the fold and the gradient, within the default budget min(256 MiB, half of the
 N x V logits); see
@@ -16,6 +21,7 @@ ran, sampled every ms (includes the gradient outputs: grad_weight is V x H x 4 b
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -43,7 +49,42 @@ def timed_rounds(fns: dict, rounds: int, warmup: bool) -> tuple[dict, dict]:
     return times, peaks
 
 
-def run(n: int, hsz: int, v: int, rounds: int, warmup: bool, check: bool) -> None:
+def liger_fns(h, w, ids, mask, adv, old, compiled_too: bool) -> dict:
+    """fwd + bwd of Liger's module (eager / compiled) and of grpo_swift's drop-in module, dapo,
+    beta 0, on the same torch tensors; {} (with the reason printed) when liger-kernel is missing."""
+    import torch
+    from grpo_swift.torch import FusedLinearGRPOLoss
+    try:
+        import liger_kernel
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+    except ImportError as e:
+        print(f"  Liger-Kernel anchor skipped: liger-kernel is not importable ({e})")
+        return {}
+    import importlib.metadata
+    version = getattr(liger_kernel, "__version__", None) or importlib.metadata.version("liger-kernel")
+    print(f"  liger-kernel {version} (module: liger_kernel.chunked_loss), "
+          f"torch {torch.__version__} threads={torch.get_num_threads()}")
+    x, wt = torch.from_numpy(h), torch.from_numpy(w)
+    ids_t, mask_t, adv_t, old_t = (torch.from_numpy(a) for a in (ids, mask.astype(np.int64), adv, old))
+
+    def step(mod):
+        def f():
+            xi, wi = x.detach().requires_grad_(), wt.detach().requires_grad_()
+            loss, _ = mod(xi, wi, ids_t, mask_t, adv_t, old_per_token_logps=old_t)
+            loss.backward()
+            return float(loss.detach()), xi.grad, wi.grad
+        return f
+
+    fns = {"grpo_swift.torch.FusedLinearGRPOLoss": step(FusedLinearGRPOLoss(beta=0.0, loss_type="dapo"))}
+    fns["Liger LigerFusedLinearGRPOLoss (eager)"] = step(
+        LigerFusedLinearGRPOLoss(beta=0.0, loss_type="dapo", use_ref_model=False, compiled=False))
+    if compiled_too:
+        fns["Liger LigerFusedLinearGRPOLoss (compiled)"] = step(
+            LigerFusedLinearGRPOLoss(beta=0.0, loss_type="dapo", use_ref_model=False, compiled=True))
+    return fns
+
+
+def run(n: int, hsz: int, v: int, rounds: int, warmup: bool, check: bool, liger_compiled: bool = True) -> None:
     rng = np.random.default_rng(0)
     B = 16
     T = n // B
@@ -72,34 +113,52 @@ def run(n: int, hsz: int, v: int, rounds: int, warmup: bool, check: bool) -> Non
     def one_sgemm():
         _native.benchmark_sgemm_nt(h2, w, c)
 
+    liger = liger_fns(h, w, ids, mask, adv, old, liger_compiled)
+    ours_torch = "grpo_swift.torch.FusedLinearGRPOLoss"
     if check:  # correctness in this run
         a = fused()
         lc, gH, gW = composed()
         assert abs(a.loss - lc) <= 1e-5 * max(1, abs(lc))
         assert np.abs(a.grad_weight - gW).max() <= 1e-4 * np.abs(gW).max()
         assert np.abs(a.grad_hidden - gH).max() <= 1e-4 * np.abs(gH).max()
+        for name, fn in liger.items():  # same loss and gradients as the numpy call
+            lt, gx, gw = fn()
+            assert abs(lt - a.loss) <= 1e-4 * max(1, abs(a.loss)), (name, lt, a.loss)
+            assert np.abs(gw.numpy() - a.grad_weight).max() <= 1e-3 * np.abs(a.grad_weight).max(), name
+            assert np.abs(gx.numpy().reshape(a.grad_hidden.shape) - a.grad_hidden).max() <= \
+                1e-3 * np.abs(a.grad_hidden).max(), name
         del a, gH, gW
 
     anchor = "3 x plain OpenBLAS sgemm (anchor)"
     four = "4 x plain OpenBLAS sgemm"
     fused_name = "grpo_swift fused_linear_grpo_loss"
     comp_name = "composed: fused_log_probs fwd+bwd + grpo_loss"
-    times, peaks = timed_rounds({"sgemm": one_sgemm, fused_name: fused, comp_name: composed}, rounds, warmup)
+    times, peaks = timed_rounds({"sgemm": one_sgemm, fused_name: fused, comp_name: composed, **liger}, rounds,
+                                warmup)
     t1s = times.pop("sgemm")
     p1 = peaks.pop("sgemm")
     times = {anchor: [3 * t for t in t1s], fused_name: times[fused_name], comp_name: times[comp_name],
-             four: [4 * t for t in t1s]}
-    peaks = {anchor: p1, fused_name: peaks[fused_name], comp_name: peaks[comp_name], four: p1}
+             four: [4 * t for t in t1s], **{k: times[k] for k in liger}}
+    peaks = {anchor: p1, fused_name: peaks[fused_name], comp_name: peaks[comp_name], four: p1,
+             **{k: peaks[k] for k in liger}}
     ratios = show(f"fused linear GRPO loss, fwd + grads, N={n}, H={hsz}, V={v}, float32, {rounds} round(s)"
                   f"{'' if warmup else ', no warm-up'} (ratio = anchor time / time; goal: fused >= 1/1.15 = 0.87x)",
                   times, peaks, anchor)
     r = ratios[fused_name]
     t1 = median(t1s)
+    print(f"  load average (1/5/15 min) after this size: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"  fused / (3 x sgemm) = {1 / r:.2f}x: goal within 1.15x {'MET' if 1 / r <= 1.15 else 'NOT MET'}; "
           f"fused / (4 x sgemm) = {ratios[four] / r:.2f}x")
     rc = median([f / c_ for f, c_ in zip(times[fused_name], times[comp_name])])
     print(f"  fused / composed = {rc:.2f}x; one sgemm {fmt_time(t1)} ({2 * n * v * hsz / t1 / 1e9:.0f} GFLOP/s; "
           f"its (N, V) output is allocated and touched beforehand)")
+    for name in liger:
+        if name == ours_torch:
+            continue
+        rl = median([t / o for t, o in zip(times[name], times[ours_torch])])
+        print(f"  {name} / grpo_swift.torch.FusedLinearGRPOLoss = {rl:.2f}x (fwd+bwd, same tensors; "
+              f"{'grpo_swift faster' if rl > 1 else 'Liger faster'}); peak {peaks[name] / 2**20:.0f} MB vs "
+              f"{peaks[ours_torch] / 2**20:.0f} MB")
     scratch = grpo_swift.fused_linear_loss_scratch_bytes(B, T, hsz, v)
     scratch4 = grpo_swift.fused_linear_loss_scratch_bytes(B, T, hsz, v, scratch_budget=1)
     print(f"  scratch: fused {scratch / 2**20:.1f} MB (3-GEMM schedule, default budget min(256 MiB, half the "
@@ -111,11 +170,12 @@ def run(n: int, hsz: int, v: int, rounds: int, warmup: bool, check: bool) -> Non
 def main() -> None:
     print("bench_fused_loss:", machine())
     if quick():
-        run(256, 128, 4096, 2, True, True)
+        run(256, 128, 4096, 2, True, True, liger_compiled=False)
         return
     run(2048, 896, 32768, 3, True, True)
-    # V=151936: one round without warm-up (each call takes minutes on a loaded 2-core machine)
-    run(2048, 896, 151936, 1, False, False)
+    # V=151936: one round without warm-up (each call takes minutes on a loaded 2-core machine);
+    # Liger eager only (its torch.compile would be timed with the compilation).
+    run(2048, 896, 151936, 1, False, False, liger_compiled=False)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,17 @@ def versions() -> list[tuple[str, str]]:
     code = r"""
 import importlib, os
 out = []
-for mod in ("grpo_swift", "numpy", "torch", "trl"):
+import importlib.metadata
+for mod in ("grpo_swift", "numpy", "torch", "trl", "liger_kernel"):
     try:
         m = importlib.import_module(mod)
-        out.append((mod, getattr(m, "__version__", None) or "installed (no __version__)"))
+        v = getattr(m, "__version__", None)
+        if v is None:
+            try:
+                v = importlib.metadata.version(mod.replace("_", "-"))
+            except importlib.metadata.PackageNotFoundError:
+                v = "installed (no __version__)"
+        out.append((mod, v))
     except Exception as e:
         out.append((mod, f"not importable ({type(e).__name__})"))
 try:

@@ -3,11 +3,12 @@ the gradients w.r.t. hidden, weight and bias, in one Swift call without the (N, 
 
 `fused_linear_grpo_loss` (numpy, float32) equals `fused_log_probs` -> `grpo_loss` -> the fused
 log-prob backward composed by hand (same maths), with the gradients formed inside the call.
-3-GEMM schedule (float32, top_entropy_quantile == 1, one sequence's logits within the scratch
-budget): per block of whole sequences, logits by sgemm kept resident, online log-sum-exp and
-entropy, the loss kernel on the block (normalisers fixed by the mask), the resident logits turned
-into d loss / d logits, grad_hidden and grad_weight by sgemm. Otherwise the 4-GEMM schedule
-(logits recomputed in a second pass). Extra memory: `fused_linear_loss_scratch_bytes`.
+3-GEMM schedule (float32, top_entropy_quantile == 1, one sequence's resident scratch within the
+scratch budget): per block of whole sequences, logits by sgemm kept resident and folded chunk by
+chunk while in cache (log-sum-exp, entropy; exp stored once), the loss kernel on the block
+(normalisers fixed by the mask), the resident logits turned into d loss / d logits, grad_weight and
+grad_hidden by sgemm over vocabulary groups. Otherwise the 4-GEMM schedule (logits recomputed in a
+second pass). Extra memory: `fused_linear_loss_scratch_bytes`.
 """
 from __future__ import annotations
 
@@ -105,9 +106,11 @@ def fused_linear_grpo_loss(hidden, weight, selected_token_ids, mask, advantages,
         importance_sampling_ratio: vLLM IS ratio (B,), (B, 1) or (B, T).
         temperature, logit_scale, final_logit_softcapping: the LM head's options (TRL's names).
         compute_grad: False: loss and metrics only (one GEMM pass).
-        scratch_budget: bytes of resident logits for the 3-GEMM schedule (0 = default:
-            min(256 MiB, half of the B*T x V logits), never an N x V buffer; a budget below
-            T x V x 4 selects the 4-GEMM schedule, as do top_entropy_quantile < 1 and bfloat16).
+        scratch_budget: bytes of resident scratch for the 3-GEMM schedule (0 = default:
+            min(256 MiB, half of the B*T x V logits), never an N x V buffer; a budget below one
+            sequence's resident scratch, a little more than T x V x 4 (see
+            fused_linear_loss_scratch_bytes), selects the 4-GEMM schedule, as do
+            top_entropy_quantile < 1 and bfloat16).
         config: a LossConfig, or the loss options as keywords (loss_type, beta, epsilon, ...,
             exactly `grpo_loss`'s names).
     Returns:
@@ -194,10 +197,12 @@ def fused_linear_loss_scratch_bytes(batch: int, length: int, hidden_size: int, v
                                     top_entropy_quantile: float = 1.0, scratch_budget: int = 0, tile_rows: int = 0,
                                     tile_cols: int = 0) -> int:
     """Bytes `fused_linear_grpo_loss` allocates besides its outputs (an upper bound) for a
-    (batch, length) call: one block's resident logits (<= scratch_budget, default min(256 MiB,
-    half the logits)) for
-    the 3-GEMM schedule or one tile for the 4-GEMM schedule, plus 24 (28 with ref_hidden) bytes
-    per row; never batch x length x vocab beyond the budget."""
+    (batch, length) call: one block's resident scratch (<= scratch_budget, default min(256 MiB,
+    half the logits): its logits with a row stride of V + 16, 3 statistics per 2048 vocabulary
+    columns and 7 partial grad_hidden rows per row) for the 3-GEMM schedule, or one tile for the
+    4-GEMM schedule, plus 24 (28 with ref_hidden) bytes per row; never batch x length x vocab
+    beyond the budget. Comparing it with scratch_budget=1 (always the 4-GEMM schedule) tells which
+    schedule a call takes."""
     fn = "fused_linear_loss_scratch_bytes"
     head = _head_tuple(fn, 1.0, 1.0, None, tile_rows, tile_cols)
     q = real(top_entropy_quantile, fn, "top_entropy_quantile")

@@ -70,11 +70,13 @@ class _FusedLinearGRPO(torch.autograd.Function):
         gh, gw, gb = ctx.saved_tensors
         hshape, hd, wd, bd = ctx.shapes
         s = grad_loss.to(torch.float32)
+        unit = bool(s == 1)  # the usual loss.backward(): hand the stored gradients over without a copy
 
         def scaled(g, dtype, shape=None):
             if g is None:
                 return None
-            g = g * s
+            if not unit:
+                g = g * s
             if shape is not None:
                 g = g.reshape(shape)
             return g.to(dtype)
@@ -214,6 +216,10 @@ class FusedLinearGRPOLoss(torch.nn.Module):
     as 0-dim tensors. Every metric by TRL's name is in `self.last_metrics` after a call. When no
     reference is given (or use_ref_model=False), the reference is the policy itself, as in
     Liger: the KL term and its gradient are 0.
+
+    Tested against liger-kernel 0.8.5's own module for every loss type: equal results except where
+    Liger departs from TRL 1.16 (luspo's aggregation, the sequence-level clip-ratio metric; Liger
+    refuses sequence-level cispo/sapo/vespo), where this module follows TRL (docs/guide.md).
     """
 
     def __init__(self, beta: float = 0.04, compiled: bool = True, use_ref_model: bool = True, chunk_size: int = 1,
