@@ -77,8 +77,10 @@ struct FusedLinearLossTests {
         if type == .drGRPO { config.maxCompletionLength = 4 }
         if type == .cispo { config.epsilonHigh = 1.1 }
         let c = FusedLossCase(bias: which % 2 == 0, seed: UInt64(100 + which))
-        // schedule 0: 3-GEMM with blocks of one sequence; 1: the 4-GEMM schedule.
-        let budget = schedule == 0 ? c.length * c.vocab * 4 : 1
+        // schedule 0: 3-GEMM with blocks of one sequence (budget from the plan, asserted); 1: the
+        // 4-GEMM schedule.
+        let budget = schedule == 0
+            ? try FusedLinearLossResidentTests.budget(c, sequences: 1, config: config) : 1
         let r = try c.run(config, budget: budget)
         var h = c.hidden.map(Double.init), w = c.weight.map(Double.init)
         var b = c.bias?.map(Double.init)

@@ -62,14 +62,15 @@ def _composed(hidden, weight, b, ids, mask, adv, old, ref, opts, entropy_coef=0.
     return r.loss, h.grad.numpy(), w.grad.numpy(), None if bt is None else bt.grad.numpy(), r.metrics
 
 
-# scratch_budget per schedule for (B, T, V): default (whole batch resident), two sequences per
-# block, and too small for one sequence (the 4-GEMM schedule).
+# scratch_budget per schedule for (B, T, H, V): the default (min(256 MiB, half the logits)), the
+# whole batch in one resident block, blocks of one / two sequences (computed from the schedule's
+# scratch figure and asserted by _resident_budget), and too small for one sequence (4-GEMM).
 _BUDGETS = {
-    "3gemm-default": lambda B, T, V: 0,  # min(256 MiB, half the logits): two blocks of 2 sequences here
-    "3gemm-one-block": lambda B, T, V: B * T * V * 4,
-    "3gemm-blocks-of-1": lambda B, T, V: T * V * 4 + 100,
-    "3gemm-blocks-of-2": lambda B, T, V: 2 * T * V * 4 + 100,
-    "4gemm": lambda B, T, V: 1,
+    "3gemm-default": lambda B, T, H, V: 0,
+    "3gemm-one-block": lambda B, T, H, V: _resident_budget(B, T, H, V, B),
+    "3gemm-blocks-of-1": lambda B, T, H, V: _resident_budget(B, T, H, V, 1),
+    "3gemm-blocks-of-2": lambda B, T, H, V: _resident_budget(B, T, H, V, 2),
+    "4gemm": lambda B, T, H, V: 1,
 }
 
 
@@ -88,7 +89,7 @@ def test_numpy_matches_composed_path(loss_type, level, beta, bias, schedule):
                                                       bias=bias)
     old, ref = _old_ref(rng, hidden, weight, b, ids)
     opts = _options(loss_type, level, beta)
-    budget = _BUDGETS[schedule](*ids.shape, weight.shape[0])
+    budget = _BUDGETS[schedule](*ids.shape, *weight.shape[::-1])
     r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old,
                                           ref_logps=ref if beta else None, scratch_budget=budget, **opts)
     loss, gh, gw, gb, metrics = _composed(hidden, weight, b, ids, mask, adv, old, ref if beta else None, opts)
@@ -188,7 +189,7 @@ def test_entropy_options(schedule, quantile, loss_type):
     old, ref = _old_ref(rng, hidden, weight, b, ids)
     opts = dict(loss_type=loss_type, top_entropy_quantile=quantile)
     r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old, entropy_coef=0.01,
-                                          scratch_budget=_BUDGETS[schedule](*ids.shape, weight.shape[0]), **opts)
+                                          scratch_budget=_BUDGETS[schedule](*ids.shape, *weight.shape[::-1]), **opts)
     loss, gh, gw, gb, _ = _composed(hidden, weight, b, ids, mask, adv, old, None, opts, entropy_coef=0.01)
     assert abs(r.loss - loss) <= 1e-5 * max(1.0, abs(loss))
     for a, e in ((r.grad_hidden, gh), (r.grad_weight, gw), (r.grad_bias, gb)):
@@ -203,7 +204,7 @@ def test_head_options_softcap_scale_temperature(schedule):
     head = dict(temperature=0.8, logit_scale=1.7, final_logit_softcapping=3.0)
     r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old, loss_type="grpo",
                                           importance_sampling_level="sequence",
-                                          scratch_budget=_BUDGETS[schedule](*ids.shape, weight.shape[0]), **head)
+                                          scratch_budget=_BUDGETS[schedule](*ids.shape, *weight.shape[::-1]), **head)
     h = torch.tensor(hidden, requires_grad=True)
     w = torch.tensor(weight, requires_grad=True)
     bt = torch.tensor(b, requires_grad=True)

@@ -168,7 +168,7 @@ def test_fused_linear_loss_matches_composed_path(opts, schedule):
     hidden, weight, b, ids, mask, adv, rng = _problem(500 + FUSED_CASES.index(opts), bias=True)
     old, ref = _old_ref(rng, hidden, weight, b, ids)
     old = (old + rng.normal(0, 0.3, old.shape)).astype(np.float32)  # wider ratios: clipping and dual clip act
-    budget = _BUDGETS[schedule](*ids.shape, weight.shape[0])
+    budget = _BUDGETS[schedule](*ids.shape, *weight.shape[::-1])
     r = grpo_swift.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, bias=b, old_logps=old, ref_logps=ref,
                                           scratch_budget=budget, **opts)
     loss, gh, gw, gb, metrics = _composed(hidden, weight, b, ids, mask, adv, old, ref, opts)
