@@ -65,12 +65,12 @@ extension Estimators {
         var sums = [Double](repeating: 0, count: chunks), counts = [Int](repeating: 0, count: chunks)
         var los = [Double](repeating: .infinity, count: chunks), his = [Double](repeating: -.infinity, count: chunks)
         var sqs = [Double](repeating: 0, count: chunks)
-        ret.withUnsafeMutableBufferPointer { ret in
-            sums.withUnsafeMutableBufferPointer { sums in
-            counts.withUnsafeMutableBufferPointer { counts in
-            los.withUnsafeMutableBufferPointer { los in
-            his.withUnsafeMutableBufferPointer { his in
-                Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
+        try ret.withUnsafeMutableBufferPointer { (ret) throws(GRPOError) in
+            try sums.withUnsafeMutableBufferPointer { (sums) throws(GRPOError) in
+            try counts.withUnsafeMutableBufferPointer { (counts) throws(GRPOError) in
+            try los.withUnsafeMutableBufferPointer { (los) throws(GRPOError) in
+            try his.withUnsafeMutableBufferPointer { (his) throws(GRPOError) in
+                try Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
                     var s = 0.0, k = 0, lo = Double.infinity, hi = -Double.infinity
                     for i in range {
                         let base = i * cols
@@ -108,9 +108,9 @@ extension Estimators {
         }
         var mean = sums.reduce(0, +) / Double(count)
         mean = Swift.min(Swift.max(mean, los.min() ?? mean), his.max() ?? mean)
-        ret.withUnsafeBufferPointer { ret in
-            sqs.withUnsafeMutableBufferPointer { sqs in
-                Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
+        try ret.withUnsafeBufferPointer { (ret) throws(GRPOError) in
+            try sqs.withUnsafeMutableBufferPointer { (sqs) throws(GRPOError) in
+                try Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
                     var ss = 0.0
                     for j in (range.lowerBound * cols)..<(range.upperBound * cols) where !ret[j].isNaN {
                         let d = ret[j] - mean
@@ -122,8 +122,8 @@ extension Estimators {
         }
         let variance = sqs.reduce(0, +) / Double(count - 1)
         let scale = (variance + config.epsilon).squareRoot()
-        ret.withUnsafeBufferPointer { ret in
-            Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
+        try ret.withUnsafeBufferPointer { (ret) throws(GRPOError) in
+            try Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
                 for j in (range.lowerBound * cols)..<(range.upperBound * cols) {
                     let x = (ret[j] - mean) / scale
                     advantages[j] = x.isNaN ? 0 : T(x)
@@ -176,8 +176,8 @@ extension Estimators {
             ss += Double(lengths[i]) * d * d
         }
         let scale = (ss / Double(n - 1) + config.epsilon).squareRoot()
-        a0.withUnsafeBufferPointer { a0 in
-            Parallel.forEachChunk(count: rows, chunkSize: tokenRowsPerChunk(cols)) { _, range in
+        try a0.withUnsafeBufferPointer { (a0) throws(GRPOError) in
+            try Parallel.forEachChunk(count: rows, chunkSize: tokenRowsPerChunk(cols)) { _, range in
                 for i in range {
                     let x = (a0[i] - mean) / scale
                     let v: T = x.isNaN ? 0 : T(x)

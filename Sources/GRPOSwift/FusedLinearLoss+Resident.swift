@@ -115,7 +115,7 @@ extension FusedLinearLoss {
             let w = UnsafeRawPointer(wp).assumingMemoryBound(to: Float.self)
             let bias = bp.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }
             // 1. logits of the block: one sgemm per vocabulary chunk.
-            Parallel.forEachChunk(count: V, chunkSize: gemmCols) { _, cols in
+            try Parallel.forEachChunk(count: V, chunkSize: gemmCols) { _, cols in
                 let (tile, _, _, _, _) = lossState.value
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nr), Int32(cols.count), Int32(H),
                             1, hBlock, Int32(H), w + cols.lowerBound * H, Int32(H),
@@ -123,9 +123,9 @@ extension FusedLinearLoss {
             }
             // 2. fold each row: lp, H (and the row becomes the transformed logits).
             var lseBlock = [Double](repeating: 0, count: nr)
-            lseBlock.withUnsafeMutableBufferPointer { lseB in
+            try lseBlock.withUnsafeMutableBufferPointer { (lseB) throws(GRPOError) in
                 let lseS = UncheckedSendable(lseB)
-                Parallel.forEachChunk(count: nr, chunkSize: foldRows) { _, rows in
+                try Parallel.forEachChunk(count: nr, chunkSize: foldRows) { _, rows in
                     let (tile, lpp, entp, _, _) = lossState.value
                     for r in rows {
                         let i = r0 + r
@@ -167,9 +167,9 @@ extension FusedLinearLoss {
             if gScale != 1 { for r in 0..<nr { gBuf[r] = Float(Double(gBuf[r]) * gScale) } }
             if withEntropy { for r in 0..<nr { gHBuf[r] = Float(Double(gHBuf[r]) * maskRatio) } }
             // 4. rows -> d loss / d logits.
-            lseBlock.withUnsafeBufferPointer { lseB in
+            try lseBlock.withUnsafeBufferPointer { (lseB) throws(GRPOError) in
                 let lseS = UncheckedSendable(lseB)
-                Parallel.forEachChunk(count: nr, chunkSize: foldRows) { _, rows in
+                try Parallel.forEachChunk(count: nr, chunkSize: foldRows) { _, rows in
                     let (tile, _, entp, gBuf, gHBuf) = lossState.value
                     for r in rows {
                         let i = r0 + r
@@ -184,7 +184,7 @@ extension FusedLinearLoss {
             // 5. grad_hidden[rows] = G W.
             if let ghp {
                 let out = UncheckedSendable(ghp + r0 * H)
-                Parallel.forEachChunk(count: H, chunkSize: gemmHidden) { _, hc in
+                try Parallel.forEachChunk(count: H, chunkSize: gemmHidden) { _, hc in
                     let (tile, _, _, _, _) = lossState.value
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nr), Int32(hc.count), Int32(V),
                                 1, tile, Int32(ld), w + hc.lowerBound, Int32(H),
@@ -195,7 +195,7 @@ extension FusedLinearLoss {
             if gwp != nil || gbp != nil {
                 let beta: Float = first ? 0 : 1
                 let outs = UncheckedSendable((gwp, gbp))
-                Parallel.forEachChunk(count: V, chunkSize: gemmCols) { _, cols in
+                try Parallel.forEachChunk(count: V, chunkSize: gemmCols) { _, cols in
                     let (tile, _, _, _, _) = lossState.value
                     let (gwp, gbp) = outs.value
                     if let gwp {
