@@ -1,16 +1,18 @@
 """Ctrl-C during a long kernel call: KeyboardInterrupt within a bounded time, cleanly.
 
-Each case runs in a subprocess (a SIGINT must not hit pytest itself): the child times one
-uninterrupted call, prints READY, and runs the same call again; the parent sends SIGINT a
-fraction of the measured duration later. The child must raise KeyboardInterrupt from inside the
-call (well before the call could have finished), the parent measures the delay from the signal to
-the child's report, and afterwards the same process must run the call again with the same bits,
-have Python's SIGINT handler back, and still turn a plain SIGINT into KeyboardInterrupt.
+Each case runs in a subprocess (a SIGINT must not hit pytest itself). The child times one
+uninterrupted call, then runs the same call again and receives SIGINT after a tenth of that
+time: from one of its own threads (os.kill of its pid, timed in-process: the delay from the
+signal to KeyboardInterrupt is measured exactly) or from the parent process, as a terminal's
+Ctrl-C would (measured by the parent). The child must raise KeyboardInterrupt from inside the call,
+well before the call could have finished; afterwards the same process must run the call again with
+the same bits, have Python's SIGINT handler back, and still turn a plain SIGINT into
+KeyboardInterrupt.
 
 Threads: while the main thread's call is interrupted, calls from other Python threads (which
 are never interruptible) must run to completion with bitwise-identical results.
 
-Budget: a few seconds per case at these sizes; GRPO_INTERRUPT_SCALE=4 quadruples the work.
+Budget: a few seconds per case; GRPO_INTERRUPT_SCALE=4 quadruples the work.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ CHILD = textwrap.dedent(r"""
     import numpy as np
     import grpo_swift
 
-    case, scale, with_threads = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+    case, scale, with_threads, sender = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
     rng = np.random.default_rng(0)
 
     def build():
@@ -101,15 +103,24 @@ CHILD = textwrap.dedent(r"""
     for th in threads:
         th.start()
 
+    sent = [None]
+    def send():
+        sent[0] = time.perf_counter()
+        os.kill(os.getpid(), signal.SIGINT)
+    timer = threading.Timer(0.1 * full, send)
     print("READY", json.dumps({"full": full}), flush=True)
+    if sender == "self":
+        timer.start()
     t0 = time.perf_counter()
     try:
         call()
         outcome = "completed"
     except KeyboardInterrupt:
         outcome = "interrupted"
-    in_call = time.perf_counter() - t0
-    print("RESULT", json.dumps({"outcome": outcome, "in_call": in_call}), flush=True)
+    t1 = time.perf_counter()
+    timer.join() if sender == "self" else None
+    latency = None if sent[0] is None else t1 - sent[0]
+    print("RESULT", json.dumps({"outcome": outcome, "in_call": t1 - t0, "child_latency": latency}), flush=True)
 
     stop.set()
     for th in threads:
@@ -129,19 +140,25 @@ CHILD = textwrap.dedent(r"""
 """)
 
 
-def _run_case(case: str, delay_fraction: float = 0.15, with_threads: bool = False) -> dict:
+def _run_case(case: str, sender: str, scale: float = SCALE, with_threads: bool = False) -> dict:
+    """sender "self": the child signals itself (exact in-process timing); "parent": this process
+    sends SIGINT a tenth of the child's measured call time after READY (latency measured here,
+    including the pipe)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, case, str(SCALE), "1" if with_threads else "0"],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, case, str(scale), "1" if with_threads else "0", sender],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY"), line + proc.stderr.read()
         full = json.loads(line.split(" ", 1)[1])["full"]
-        time.sleep(max(0.02, delay_fraction * full))
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        latency = None
+        if sender == "parent":
+            time.sleep(0.1 * full)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
         line = proc.stdout.readline()
-        latency = time.monotonic() - sent
+        if sender == "parent":
+            latency = time.monotonic() - sent
         assert line.startswith("RESULT"), line + proc.stderr.read()
         result = json.loads(line.split(" ", 1)[1])
         line = proc.stdout.readline()
@@ -152,6 +169,8 @@ def _run_case(case: str, delay_fraction: float = 0.15, with_threads: bool = Fals
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    if latency is None:
+        latency = result["child_latency"]
     return {"full": full, "latency": latency, **result, **after}
 
 
@@ -160,18 +179,28 @@ if has_module("torch"):
     CASES.append("torch_fused_log_probs_backward")
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("case", CASES)
-def test_sigint_interrupts_a_long_call(case):
-    r = _run_case(case, with_threads=case == "fused_log_probs")
+def _check(case: str, r: dict) -> None:
     print(f"\n{case}: full call {r['full']:.3f} s, SIGINT -> KeyboardInterrupt {r['latency'] * 1e3:.1f} ms, "
           f"in call {r['in_call']:.3f} s")
-    assert r["outcome"] == "interrupted"
+    assert r["outcome"] == "interrupted", r
     # Raised from inside the call: far earlier than an uninterrupted call would have returned.
     assert r["in_call"] < 0.75 * r["full"], r
     assert r["latency"] < LATENCY_BOUND_S, r
     assert r["handler_restored"] and r["again_equal"] and r["plain_sigint_raises"], r
     assert not r["thread_errors"], r
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("case", CASES)
+def test_sigint_interrupts_a_long_call(case):
+    _check(case, _run_case(case, "self", with_threads=case == "fused_log_probs"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_from_another_process_interrupts():
+    """A terminal's Ctrl-C comes from outside: the parent sends it (a longer call, so that the
+    signal surely lands inside it on a loaded machine)."""
+    _check("fused_linear_grpo_loss", _run_case("fused_linear_grpo_loss", "parent", scale=2 * SCALE))
 
 
 CUSTOM_HANDLER = textwrap.dedent(r"""
