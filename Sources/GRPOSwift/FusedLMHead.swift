@@ -473,12 +473,15 @@ public enum FusedLMHead {
                 // Tasks over gemmCols vocabulary columns: grad_weight[cols] += G[:, cols]^T hidden[rows]
                 // and grad_bias[cols] += column sums (rows in order).
                 if gwp != nil || gbp != nil {
+                    let runs = GradWeightGEMM.rowRuns(rows: nr, hidden: hBlock, H: H) { r in
+                        targets[r0 + r] < 0 || (gradLogProbs?[r0 + r] ?? 0) == 0 && (gradEntropy?[r0 + r] ?? 0) == 0
+                    }
                     try Parallel.forEachChunk(count: nc, chunkSize: gemmCols) { _, cols in
                         let tile = tileS.value
                         if let gwp {
-                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols.count), Int32(H), Int32(nr),
-                                        1, tile + cols.lowerBound, Int32(nc), hBlock, Int32(H),
-                                        1, gwp + (c0 + cols.lowerBound) * H, Int32(H))
+                            GradWeightGEMM.gemmTN(runs: runs, m: cols.count, n: H, k: nr, g: tile + cols.lowerBound,
+                                                  ldg: nc, x: hBlock, ldx: H, beta: 1,
+                                                  c: gwp + (c0 + cols.lowerBound) * H, ldc: H)
                         }
                         if let gbp {
                             for r in 0..<nr {

@@ -195,13 +195,16 @@ extension FusedLinearLoss {
             if gwp != nil || gbp != nil {
                 let beta: Float = first ? 0 : 1
                 let outs = UncheckedSendable((gwp, gbp))
+                let runs = GradWeightGEMM.rowRuns(rows: nr, hidden: hBlock, H: H) { r in
+                    x.targets[r0 + r] < 0 || gBuf[r] == 0 && (!withEntropy || gHBuf[r] == 0)
+                }
                 try Parallel.forEachChunk(count: V, chunkSize: gemmCols) { _, cols in
                     let (tile, _, _, _, _) = lossState.value
                     let (gwp, gbp) = outs.value
                     if let gwp {
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols.count), Int32(H), Int32(nr),
-                                    1, tile + cols.lowerBound, Int32(ld), hBlock, Int32(H),
-                                    beta, gwp + cols.lowerBound * H, Int32(H))
+                        GradWeightGEMM.gemmTN(runs: runs, m: cols.count, n: H, k: nr, g: tile + cols.lowerBound,
+                                              ldg: ld, x: hBlock, ldx: H, beta: beta,
+                                              c: gwp + cols.lowerBound * H, ldc: H)
                     }
                     if let gbp {
                         for r in 0..<nr {
