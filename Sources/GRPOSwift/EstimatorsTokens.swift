@@ -39,7 +39,22 @@ extension Estimators {
         guard mask.count >= total else { throw GRPOError(.shape, "response_mask holds \(mask.count) elements, expected \(total)") }
         guard advantages.count >= total else { throw GRPOError(.shape, "advantages must hold \(total) elements") }
         let rw = UnsafeBufferPointer(rebasing: rewards[0..<rewardCount])
-        try checkFinite(rw, "rewards")
+        if config.estimator == .reinforcePP {
+            // Only rewards that are used are data: token rewards at kept tokens, outcome rewards of
+            // rows with a kept token. Masked positions may hold anything (they are never read).
+            for i in 0..<rows {
+                for t in 0..<cols where mask[i * cols + t] != 0 {
+                    let j = rewardCols == 1 ? i : i * cols + t
+                    if rw[j].isInfinite {
+                        throw GRPOError(.value, "rewards must be finite or NaN (missing) where response_mask is 1, "
+                                        + "got \(Double(rw[j])) at row \(i)" + (rewardCols == 1 ? "" : ", token \(t)"))
+                    }
+                    if rewardCols == 1 { break }
+                }
+            }
+        } else {
+            try checkFinite(rw, "rewards")  // every row's outcome enters its group's baseline
+        }
 
         if config.estimator == .reinforcePP {
             try reinforcePP(rw, rewardCols, rows, cols, mask, config, advantages)

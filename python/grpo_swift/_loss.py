@@ -147,8 +147,8 @@ class LossConfig:
         try:
             key = tuple((type(values[n]), values[n]) for n in _FIELD_NAMES)
             hash(key)
-        except TypeError:  # an unhashable (hence invalid) option: validate to get the message
-            return _build_config(fn, tuple((None, values[n]) for n in _FIELD_NAMES))
+        except TypeError:  # an unhashable (hence invalid) option: validate (uncached) to get the message
+            return _build_config.__wrapped__(fn, tuple((None, values[n]) for n in _FIELD_NAMES))
         return _build_config(fn, key)
 
     def replace(self, **changes: Any) -> "LossConfig":

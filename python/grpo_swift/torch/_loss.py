@@ -320,6 +320,8 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         if t is not None:
             _constant(t, fn, arg)
     aux = torch.float64 if lp.dtype == torch.float64 else torch.float32
+    if advantages is None:
+        raise TypeError(f"{fn}(): argument 'advantages' must be a torch.Tensor, got None")
     adv = _check_rows(advantages, fn, "advantages", B, T, aux)
     isr = _check_rows(importance_sampling_ratio, fn, "importance_sampling_ratio", B, T, aux)
     mask = check_tensor(completion_mask, fn, "completion_mask", dtypes=_MASK_DTYPES, ndim=(2,))
