@@ -76,7 +76,7 @@ def test_fuzz_torch_grpo_loss(b, t, dtype, loss_type, level, beta, mask_dtype, l
                                 old_logps=old.to(torch.float64).numpy().astype(np_dtype),
                                 ref_logps=ref.to(torch.float64).numpy().astype(np_dtype) if beta else None, **kw)
     assert np.isfinite(want.loss)
-    assert float(loss) == float(np.asarray(want.loss, dtype=np_dtype))
+    assert float(loss.detach()) == float(np.asarray(want.loss, dtype=np_dtype))
     assert torch.equal(leaf.grad, torch.from_numpy(want.grad).to(dtype))
     for k, v in metrics.items():
         w = want.metrics[k]
@@ -272,7 +272,7 @@ def test_fuzz_torch_fused_linear_grpo_loss(b, t, h, v, kind, loss_type, beta, bi
     # which splits it: other rounding).
     exact = kind != "bf16" and bool(torch.isfinite(junk_t.to(dt)))
     rtol = 0 if exact else 1e-4
-    np.testing.assert_allclose(float(loss), np.float32(want.loss), rtol=rtol, atol=0 if exact else 1e-5)
+    np.testing.assert_allclose(float(loss.detach()), np.float32(want.loss), rtol=rtol, atol=0 if exact else 1e-5)
     for got, ref_g in ((hl.grad, want.grad_hidden), (wl.grad, want.grad_weight)) + (
             ((bl.grad, want.grad_bias),) if bl is not None else ()):
         expected = torch.from_numpy(np.ascontiguousarray(ref_g)).reshape(got.shape)
