@@ -45,7 +45,11 @@ def _count(value: Any, fn: str, arg: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, numbers.Real) and hasattr(value, "shape") and tuple(value.shape) in ((), (1,)):
-        value = value.item() if hasattr(value, "item") else value
+        try:
+            value = value.item() if hasattr(value, "item") else value
+        except Exception as exc:  # e.g. a tensor on the meta device
+            raise TypeError(f"{fn}(): argument '{arg}' must be a number or a one-element CPU tensor/array "
+                            f"({exc})") from None
     v = real(value, fn, arg)
     if v < 0:
         raise ValueError(f"{fn}(): argument '{arg}' must be >= 0, got {v}")

@@ -348,6 +348,8 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         if num_items_in_batch.numel() != 1:
             raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a number or a one-element tensor, "
                              f"got shape {tuple(num_items_in_batch.shape)}")
+        if num_items_in_batch.device.type == "meta":
+            raise TypeError(f"{fn}(): argument 'num_items_in_batch' is a meta tensor (no value)")
         if num_items_in_batch.device.type != "cpu":
             num_items_in_batch = num_items_in_batch.cpu()
         n_items = num_items_in_batch.detach().reshape(()).to(torch.float64)
