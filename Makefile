@@ -37,9 +37,9 @@ hardening: install
 	GRPO_HARDENING_SCALE=10 GRPO_INTERRUPT_SCALE=2 $(PY) -m pytest python/tests/test_hardening.py \
 		python/tests/test_interrupt.py -q -p no:cacheprovider
 
-# Property-based fuzzing: 18 properties (numpy, estimators, fused loss, torch layer) x 1200
-# examples = 21,600 cases; the statistics list the examples each property ran.
-FUZZ_EXAMPLES ?= 1200
+# Property-based fuzzing: 18 properties (numpy, estimators, fused loss, torch layer) x 2000
+# examples = 36,000 cases; the statistics list the examples each property ran.
+FUZZ_EXAMPLES ?= 2000
 fuzz: install
 	GRPO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest python/tests/test_fuzz.py python/tests/test_fuzz_torch.py \
 		-q -p no:cacheprovider --hypothesis-show-statistics
