@@ -117,7 +117,7 @@ public enum Advantages {
         // the summed rewards live in a per-chunk scratch of G values.
         if config.aggregation == .sumThenNormalize && config.scaleRewards != .batch {
             let divide = config.scaleRewards == .group
-            Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
+            try Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
                 withUnsafeTemporaryAllocation(of: Double.self, capacity: g) { r in
                     for grp in range {
                         let base = grp * g
@@ -135,17 +135,17 @@ public enum Advantages {
 
         // Otherwise a batch statistic is needed: the summed reward of every row first.
         var summed = [Double](repeating: .nan, count: rows)
-        summed.withUnsafeMutableBufferPointer { r in
+        try summed.withUnsafeMutableBufferPointer { (r) throws(GRPOError) in
             switch config.aggregation {
             case .sumThenNormalize:
-                Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
+                try Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
                     for i in range {
                         r[i] = weightedNanSum(rewards, row: i, funcs: funcs, w) { Double($0) }
                     }
                 }
             case .normalizeThenSum:
                 // Per function, the group z-score; then the weighted nansum over functions.
-                Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
+                try Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
                     var z = [Double](repeating: .nan, count: g * funcs)
                     for grp in range {
                         let base = grp * g
@@ -172,10 +172,10 @@ public enum Advantages {
             }
         }
 
-        summed.withUnsafeBufferPointer { r in
-            let (batchMean, batchStd) = batchMeanStd(r)
+        try summed.withUnsafeBufferPointer { (r) throws(GRPOError) in
+            let (batchMean, batchStd) = try batchMeanStd(r)
             let batchMeanToo = config.aggregation == .normalizeThenSum
-            Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
+            try Parallel.forEachChunk(count: groups, chunkSize: groupsPerChunk) { _, range in
                 for grp in range {
                     let base = grp * g
                     let groupRows = UnsafeBufferPointer(rebasing: r[base..<(base + g)])
@@ -227,18 +227,18 @@ public enum Advantages {
 
     /// Two-pass nanmean/nanstd over the whole batch with per-chunk partials combined in
     /// chunk order (deterministic for any thread count).
-    static func batchMeanStd(_ r: UnsafeBufferPointer<Double>) -> (mean: Double, std: Double) {
+    static func batchMeanStd(_ r: UnsafeBufferPointer<Double>) throws(GRPOError) -> (mean: Double, std: Double) {
         let n = r.count
         let chunks = (n + rowsPerChunk - 1) / rowsPerChunk
         var sums = [Double](repeating: 0, count: chunks)
         var counts = [Int](repeating: 0, count: chunks)
         var los = [Double](repeating: .infinity, count: chunks)
         var his = [Double](repeating: -.infinity, count: chunks)
-        sums.withUnsafeMutableBufferPointer { sums in
-            counts.withUnsafeMutableBufferPointer { counts in
-                los.withUnsafeMutableBufferPointer { los in
-                    his.withUnsafeMutableBufferPointer { his in
-                        Parallel.forEachChunk(count: n, chunkSize: rowsPerChunk) { c, range in
+        try sums.withUnsafeMutableBufferPointer { (sums) throws(GRPOError) in
+            try counts.withUnsafeMutableBufferPointer { (counts) throws(GRPOError) in
+                try los.withUnsafeMutableBufferPointer { (los) throws(GRPOError) in
+                    try his.withUnsafeMutableBufferPointer { (his) throws(GRPOError) in
+                        try Parallel.forEachChunk(count: n, chunkSize: rowsPerChunk) { c, range in
                             var s = 0.0, k = 0, lo = Double.infinity, hi = -Double.infinity
                             for i in range where !r[i].isNaN {
                                 s += r[i]; k += 1
@@ -256,8 +256,8 @@ public enum Advantages {
         if mean.isFinite { mean = Swift.min(Swift.max(mean, los.min() ?? mean), his.max() ?? mean) }
         if count < 2 { return (mean, .nan) }
         var partial = [Double](repeating: 0, count: chunks)
-        partial.withUnsafeMutableBufferPointer { partial in
-            Parallel.forEachChunk(count: n, chunkSize: rowsPerChunk) { c, range in
+        try partial.withUnsafeMutableBufferPointer { (partial) throws(GRPOError) in
+            try Parallel.forEachChunk(count: n, chunkSize: rowsPerChunk) { c, range in
                 var ss = 0.0
                 for i in range where !r[i].isNaN { let d = r[i] - mean; ss += d * d }
                 partial[c] = ss

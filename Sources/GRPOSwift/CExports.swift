@@ -118,3 +118,13 @@ public func grpo_built_with_avx2() -> Int32 {
     return 0
     #endif
 }
+
+@c @implementation
+public func grpo_set_interrupt_flag(_ flag: UnsafePointer<Int32>?) -> grpo_status {
+    do { try Interrupt.register(flag.map(UnsafeRawPointer.init)); return GRPO_OK } catch { return error.status }
+}
+
+@c @implementation
+public func grpo_get_interrupt_flag() -> UnsafePointer<Int32>? {
+    Interrupt.current()?.assumingMemoryBound(to: Int32.self)
+}

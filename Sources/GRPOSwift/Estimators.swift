@@ -184,11 +184,11 @@ public enum Estimators {
 
     /// Calls `body` with a function giving the rows of group g as a buffer (no ARC traffic).
     @inline(__always)
-    static func withMembers<R>(_ groups: RowGroups,
-                               _ body: ((Int) -> UnsafeBufferPointer<Int>) -> R) -> R {
-        groups.order.withUnsafeBufferPointer { order in
-            groups.starts.withUnsafeBufferPointer { starts in
-                body { g in UnsafeBufferPointer(rebasing: order[starts[g]..<starts[g + 1]]) }
+    static func withMembers<R, E: Error>(_ groups: RowGroups,
+                               _ body: ((Int) -> UnsafeBufferPointer<Int>) throws(E) -> R) throws(E) -> R {
+        try groups.order.withUnsafeBufferPointer { (order) throws(E) in
+            try groups.starts.withUnsafeBufferPointer { (starts) throws(E) in
+                try body { g in UnsafeBufferPointer(rebasing: order[starts[g]..<starts[g + 1]]) }
             }
         }
     }
@@ -204,8 +204,8 @@ public enum Estimators {
     }
 
     /// Runs `body(g)` for every group, chunked deterministically.
-    static func forEachGroup(_ groups: RowGroups, _ body: (Int) -> Void) {
-        Parallel.forEachChunk(count: groups.count, chunkSize: groupsPerChunk) { _, range in
+    static func forEachGroup(_ groups: RowGroups, _ body: (Int) -> Void) throws(GRPOError) {
+        try Parallel.forEachChunk(count: groups.count, chunkSize: groupsPerChunk) { _, range in
             for g in range { body(g) }
         }
     }
@@ -243,14 +243,14 @@ public enum Estimators {
         if cfg.estimator == .grpo && cfg.scaleRewards == .batch {
             var all = [Double](repeating: .nan, count: n)
             for i in 0..<n { all[i] = Double(rw[i]) }
-            batchStd = all.withUnsafeBufferPointer { Advantages.batchMeanStd($0).std }
+            batchStd = try all.withUnsafeBufferPointer { (all) throws(GRPOError) in try Advantages.batchMeanStd(all).std }
         }
         let sc: GroupScan
         if groups.isIdentity {
             sc = scan(rw, groups)
             try throwOnSingleton(sc, groups, ids, config)
-            a.withUnsafeMutableBufferPointer { a in
-                phase1(rw, lengths, groups, sc, cfg, batchStd, a)
+            try a.withUnsafeMutableBufferPointer { (a) throws(GRPOError) in
+                try phase1(rw, lengths, groups, sc, cfg, batchStd, a)
             }
         } else {
             let gathered = RowGroups(gathered: groups)
@@ -268,10 +268,10 @@ public enum Estimators {
             sc = rg.withUnsafeBufferPointer { scan($0, gathered) }
             try throwOnSingleton(sc, groups, ids, config)
             var ag = [Double](repeating: .nan, count: n)
-            rg.withUnsafeBufferPointer { rgb in
-                (lg ?? []).withUnsafeBufferPointer { lgb in
-                    ag.withUnsafeMutableBufferPointer { agb in
-                        phase1(rgb, lg == nil ? nil : lgb, gathered, sc, cfg, batchStd, agb)
+            try rg.withUnsafeBufferPointer { (rgb) throws(GRPOError) in
+                try (lg ?? []).withUnsafeBufferPointer { (lgb) throws(GRPOError) in
+                    try ag.withUnsafeMutableBufferPointer { (agb) throws(GRPOError) in
+                        try phase1(rgb, lg == nil ? nil : lgb, gathered, sc, cfg, batchStd, agb)
                     }
                 }
             }
@@ -282,7 +282,7 @@ public enum Estimators {
         var scale = 1.0, shift = 0.0, divisor = 1.0
         switch config.estimator {
         case .rloo where config.normalize:
-            let (m, s) = a.withUnsafeBufferPointer { Advantages.batchMeanStd($0) }
+            let (m, s) = try a.withUnsafeBufferPointer { (a) throws(GRPOError) in try Advantages.batchMeanStd(a) }
             shift = m
             divisor = s + config.epsilon
         case .gpg:
@@ -303,8 +303,8 @@ public enum Estimators {
         }
         let (sh, dv, sc2) = (shift, divisor, scale)
         let normalize = config.estimator == .rloo && config.normalize
-        a.withUnsafeBufferPointer { a in
-            Parallel.forEachChunk(count: n, chunkSize: rowsPerChunk) { _, range in
+        try a.withUnsafeBufferPointer { (a) throws(GRPOError) in
+            try Parallel.forEachChunk(count: n, chunkSize: rowsPerChunk) { _, range in
                 for i in range {
                     var x = a[i]
                     if normalize { x = (x - sh) / dv } else if sc2 != 1 { x = sc2 * x }
@@ -317,10 +317,10 @@ public enum Estimators {
     static func phase1<T: BinaryFloatingPoint>(
         _ rw: UnsafeBufferPointer<T>, _ lengths: UnsafeBufferPointer<T>?, _ groups: RowGroups,
         _ sc: GroupScan, _ cfg: EstimatorConfig, _ batchStd: Double, _ a: UnsafeMutableBufferPointer<Double>
-    ) {
-        sc.valid.withUnsafeBufferPointer { valid in
-            withMembers(groups) { member in
-                forEachGroup(groups) { g in
+    ) throws(GRPOError) {
+        try sc.valid.withUnsafeBufferPointer { (valid) throws(GRPOError) in
+            try withMembers(groups) { (member) throws(GRPOError) in
+                try forEachGroup(groups) { g in
                     groupAdvantages(member(g), valid[g], rw, lengths, cfg, batchStd, a)
                 }
             }
@@ -413,7 +413,7 @@ public enum Estimators {
         guard rewards.count >= n else { throw GRPOError(.shape, "rewards holds \(rewards.count) elements, expected \(n)") }
         guard out.count >= n else { throw GRPOError(.shape, "zero_spread must hold \(n) elements") }
         try checkFinite(UnsafeBufferPointer(rebasing: rewards[0..<n]), "rewards")
-        withMembers(groups) { member in forEachGroup(groups) { g in
+        try withMembers(groups) { (member) throws(GRPOError) in try forEachGroup(groups) { g in
             var k = 0, lo = Double.infinity, hi = -Double.infinity
             for i in member(g) {
                 let r = Double(rewards[i])

@@ -48,7 +48,22 @@ extension Estimators {
             guard returns.count >= total else { throw GRPOError(.shape, "returns must hold \(total) elements") }
         }
         let rw = UnsafeBufferPointer(rebasing: rewards[0..<rewardCount])
-        try checkFinite(rw, "rewards")
+        if config.estimator == .reinforcePP {
+            // Only rewards that are used are data: token rewards at kept tokens, outcome rewards of
+            // rows with a kept token. Masked positions may hold anything (they are never read).
+            for i in 0..<rows {
+                for t in 0..<cols where mask[i * cols + t] != 0 {
+                    let j = rewardCols == 1 ? i : i * cols + t
+                    if rw[j].isInfinite {
+                        throw GRPOError(.value, "rewards must be finite or NaN (missing) where response_mask is 1, "
+                                        + "got \(Double(rw[j])) at row \(i)" + (rewardCols == 1 ? "" : ", token \(t)"))
+                    }
+                    if rewardCols == 1 { break }
+                }
+            }
+        } else {
+            try checkFinite(rw, "rewards")  // every row's outcome enters its group's baseline
+        }
 
         if config.estimator == .reinforcePP {
             try reinforcePP(rw, rewardCols, rows, cols, mask, config, advantages, returns)
@@ -75,12 +90,12 @@ extension Estimators {
         var sums = [Double](repeating: 0, count: chunks), counts = [Int](repeating: 0, count: chunks)
         var los = [Double](repeating: .infinity, count: chunks), his = [Double](repeating: -.infinity, count: chunks)
         var sqs = [Double](repeating: 0, count: chunks)
-        ret.withUnsafeMutableBufferPointer { ret in
-            sums.withUnsafeMutableBufferPointer { sums in
-            counts.withUnsafeMutableBufferPointer { counts in
-            los.withUnsafeMutableBufferPointer { los in
-            his.withUnsafeMutableBufferPointer { his in
-                Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
+        try ret.withUnsafeMutableBufferPointer { (ret) throws(GRPOError) in
+            try sums.withUnsafeMutableBufferPointer { (sums) throws(GRPOError) in
+            try counts.withUnsafeMutableBufferPointer { (counts) throws(GRPOError) in
+            try los.withUnsafeMutableBufferPointer { (los) throws(GRPOError) in
+            try his.withUnsafeMutableBufferPointer { (his) throws(GRPOError) in
+                try Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
                     var s = 0.0, k = 0, lo = Double.infinity, hi = -Double.infinity
                     for i in range {
                         let base = i * cols
@@ -115,8 +130,8 @@ extension Estimators {
             }}}}
         }
         if let returns {
-            ret.withUnsafeBufferPointer { ret in
-                Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
+            try ret.withUnsafeBufferPointer { (ret) throws(GRPOError) in
+                try Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
                     for j in (range.lowerBound * cols)..<(range.upperBound * cols) {
                         returns[j] = ret[j].isNaN ? 0 : T(ret[j])
                     }
@@ -130,9 +145,9 @@ extension Estimators {
         }
         var mean = sums.reduce(0, +) / Double(count)
         mean = Swift.min(Swift.max(mean, los.min() ?? mean), his.max() ?? mean)
-        ret.withUnsafeBufferPointer { ret in
-            sqs.withUnsafeMutableBufferPointer { sqs in
-                Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
+        try ret.withUnsafeBufferPointer { (ret) throws(GRPOError) in
+            try sqs.withUnsafeMutableBufferPointer { (sqs) throws(GRPOError) in
+                try Parallel.forEachChunk(count: rows, chunkSize: chunk) { c, range in
                     var ss = 0.0
                     for j in (range.lowerBound * cols)..<(range.upperBound * cols) where !ret[j].isNaN {
                         let d = ret[j] - mean
@@ -144,8 +159,8 @@ extension Estimators {
         }
         let variance = sqs.reduce(0, +) / Double(count - 1)
         let scale = (variance + config.epsilon).squareRoot()
-        ret.withUnsafeBufferPointer { ret in
-            Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
+        try ret.withUnsafeBufferPointer { (ret) throws(GRPOError) in
+            try Parallel.forEachChunk(count: rows, chunkSize: chunk) { _, range in
                 for j in (range.lowerBound * cols)..<(range.upperBound * cols) {
                     let x = (ret[j] - mean) / scale
                     advantages[j] = x.isNaN ? 0 : T(x)
@@ -198,8 +213,8 @@ extension Estimators {
             ss += Double(lengths[i]) * d * d
         }
         let scale = (ss / Double(n - 1) + config.epsilon).squareRoot()
-        a0.withUnsafeBufferPointer { a0 in
-            Parallel.forEachChunk(count: rows, chunkSize: tokenRowsPerChunk(cols)) { _, range in
+        try a0.withUnsafeBufferPointer { (a0) throws(GRPOError) in
+            try Parallel.forEachChunk(count: rows, chunkSize: tokenRowsPerChunk(cols)) { _, range in
                 for i in range {
                     let x = (a0[i] - mean) / scale
                     let v: T = x.isNaN ? 0 : T(x)

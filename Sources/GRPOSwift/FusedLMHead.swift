@@ -156,36 +156,36 @@ public enum FusedLMHead {
         static var isFloat: Bool { E.self == Float.self }
 
         /// hidden rows [r0, r0 + n) as Float.
-        func hiddenBlock(_ r0: Int, _ n: Int) -> UnsafePointer<Float> {
+        func hiddenBlock(_ r0: Int, _ n: Int) throws(GRPOError) -> UnsafePointer<Float> {
             if Self.isFloat {
                 return UnsafeRawPointer(hidden + r0 * H).assumingMemoryBound(to: Float.self)
             }
-            FusedLMHead.widen(hidden + r0 * H, n * H, into: hBuf)
+            try FusedLMHead.widen(hidden + r0 * H, n * H, into: hBuf)
             return UnsafePointer(hBuf)
         }
 
         /// weight rows [c0, c0 + n) as Float.
-        func weightSlice(_ c0: Int, _ n: Int) -> UnsafePointer<Float> {
+        func weightSlice(_ c0: Int, _ n: Int) throws(GRPOError) -> UnsafePointer<Float> {
             if Self.isFloat {
                 return UnsafeRawPointer(weight + c0 * H).assumingMemoryBound(to: Float.self)
             }
-            FusedLMHead.widen(weight + c0 * H, n * H, into: wBuf)
+            try FusedLMHead.widen(weight + c0 * H, n * H, into: wBuf)
             return UnsafePointer(wBuf)
         }
 
         /// bias [c0, c0 + n) as Float, or nil.
-        func biasSlice(_ c0: Int, _ n: Int) -> UnsafePointer<Float>? {
+        func biasSlice(_ c0: Int, _ n: Int) throws(GRPOError) -> UnsafePointer<Float>? {
             guard let bias else { return nil }
             if Self.isFloat { return UnsafeRawPointer(bias + c0).assumingMemoryBound(to: Float.self) }
-            FusedLMHead.widen(bias + c0, n, into: bBuf)
+            try FusedLMHead.widen(bias + c0, n, into: bBuf)
             return UnsafePointer(bBuf)
         }
     }
 
     /// Converts `count` elements to Float (parallel over fixed chunks; exact for bf16).
-    static func widen<E: LogitElement>(_ src: UnsafePointer<E>, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
+    static func widen<E: LogitElement>(_ src: UnsafePointer<E>, _ count: Int, into dst: UnsafeMutablePointer<Float>) throws(GRPOError) {
         let d = UncheckedSendable(dst)
-        Parallel.forEachChunk(count: count, chunkSize: 1 << 16) { _, range in
+        try Parallel.forEachChunk(count: count, chunkSize: 1 << 16) { _, range in
             let dst = d.value
             var j = range.lowerBound
             while j + 8 <= range.upperBound {
@@ -294,14 +294,14 @@ public enum FusedLMHead {
         while r0 < rows {
             let nr = Swift.min(p.tileRows, rows - r0)
             for r in 0..<nr { mS[r] = -.infinity; sS[r] = 0; tS[r] = 0; zyS[r] = 0 }
-            let hBlock = inputs.hiddenBlock(r0, nr)
+            let hBlock = try inputs.hiddenBlock(r0, nr)
             var c0 = 0
             while c0 < vocab {
                 let nc = Swift.min(p.tileCols, vocab - c0)
-                let wSlice = inputs.weightSlice(c0, nc), bSlice = inputs.biasSlice(c0, nc)
+                let wSlice = try inputs.weightSlice(c0, nc), bSlice = try inputs.biasSlice(c0, nc)
                 let state = UncheckedSendable((tile, mS, sS, tS, zyS))
                 // Each task: the logits of its gemmRows rows, then their fold.
-                Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
+                try Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
                     let (tile, mS, sS, tS, zyS) = state.value
                     let sub = tile + range.lowerBound * nc
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(range.count), Int32(nc), Int32(H),
@@ -444,15 +444,15 @@ public enum FusedLMHead {
         var c0 = 0
         while c0 < vocab {
             let nc = Swift.min(p.tileCols, vocab - c0)
-            let wSlice = inputs.weightSlice(c0, nc), bSlice = inputs.biasSlice(c0, nc)
+            let wSlice = try inputs.weightSlice(c0, nc), bSlice = try inputs.biasSlice(c0, nc)
             var r0 = 0
             while r0 < rows {
                 let nr = Swift.min(p.tileRows, rows - r0)
-                let hBlock = inputs.hiddenBlock(r0, nr)
+                let hBlock = try inputs.hiddenBlock(r0, nr)
                 let tileS = UncheckedSendable(tile)
                 // Tasks over gemmRows rows: recompute the logits, overwrite them with dL/dx,
                 // then grad_hidden[those rows] += G W[slice].
-                Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
+                try Parallel.forEachChunk(count: nr, chunkSize: gemmRows) { _, range in
                     let tile = tileS.value
                     let sub = tile + range.lowerBound * nc
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(range.count), Int32(nc), Int32(H),
@@ -479,12 +479,15 @@ public enum FusedLMHead {
                 // Tasks over gemmCols vocabulary columns: grad_weight[cols] += G[:, cols]^T hidden[rows]
                 // and grad_bias[cols] += column sums (rows in order).
                 if gwp != nil || gbp != nil {
-                    Parallel.forEachChunk(count: nc, chunkSize: gemmCols) { _, cols in
+                    let runs = GradWeightGEMM.rowRuns(rows: nr, hidden: hBlock, H: H) { r in
+                        targets[r0 + r] < 0 || (gradLogProbs?[r0 + r] ?? 0) == 0 && (gradEntropy?[r0 + r] ?? 0) == 0
+                    }
+                    try Parallel.forEachChunk(count: nc, chunkSize: gemmCols) { _, cols in
                         let tile = tileS.value
                         if let gwp {
-                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols.count), Int32(H), Int32(nr),
-                                        1, tile + cols.lowerBound, Int32(nc), hBlock, Int32(H),
-                                        1, gwp + (c0 + cols.lowerBound) * H, Int32(H))
+                            GradWeightGEMM.gemmTN(runs: runs, m: cols.count, n: H, k: nr, g: tile + cols.lowerBound,
+                                                  ldg: nc, x: hBlock, ldx: H, beta: 1,
+                                                  c: gwp + (c0 + cols.lowerBound) * H, ldc: H)
                         }
                         if let gbp {
                             for r in 0..<nr {

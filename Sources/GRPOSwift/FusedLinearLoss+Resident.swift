@@ -177,7 +177,7 @@ extension FusedLinearLoss {
             let targets = UnsafeBufferPointer(rebasing: x.targets[r0..<(r0 + nr)])
 
             // 1. Forward: per chunk, the logits sgemm, then each row's fold while the chunk is hot.
-            Parallel.forEachChunk(count: V, chunkSize: gemmCols) { c, cols in
+            try Parallel.forEachChunk(count: V, chunkSize: gemmCols) { c, cols in
                 let (tile, stats, zyBuf, _, _, _, _, _, _) = state.value
                 let c0 = cols.lowerBound, nc = cols.count
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nr), Int32(nc), Int32(H),
@@ -191,7 +191,7 @@ extension FusedLinearLoss {
                 }
             }
             // 2. Merge the chunks' statistics per row (chunk order): lp, H, log-sum-exp.
-            Parallel.forEachChunk(count: nr, chunkSize: mergeRows) { _, rows in
+            try Parallel.forEachChunk(count: nr, chunkSize: mergeRows) { _, rows in
                 let (_, stats, zyBuf, _, lpp, entp, lsep, _, _) = state.value
                 for r in rows {
                     let i = r0 + r
@@ -230,7 +230,13 @@ extension FusedLinearLoss {
             //    its grad_bias and grad_weight slices and its partial grad_hidden (one sgemm each).
             let beta: Float = k == 0 ? 0 : 1
             let outs = UncheckedSendable((ghp, gwp, gbp))
-            Parallel.forEachChunk(count: chunks, chunkSize: rp.chunksPerGroup) { gi, group in
+            // Rows without gradient (label < 0, g = gH = 0) contribute nothing to grad_weight, but a
+            // NaN/inf in their hidden state would poison the GEMM (0 * NaN): GradWeightGEMM leaves
+            // such rows out (nil, the usual case: one sgemm over the block, bits unchanged).
+            let gwRuns = gwp == nil ? nil : GradWeightGEMM.rowRuns(rows: nr, hidden: hBlock, H: H) { r in
+                targets[r] < 0 || gp[r0 + r] == 0 && (!withEntropy || gHp[r0 + r] == 0)
+            }
+            try Parallel.forEachChunk(count: chunks, chunkSize: rp.chunksPerGroup) { gi, group in
                 let (tile, stats, _, partials, _, entp, lsep, gp, gHp) = state.value
                 let (ghp, gwp, gbp) = outs.value
                 let g0 = group.lowerBound * gemmCols, gn = Swift.min(group.upperBound * gemmCols, V) - g0
@@ -259,8 +265,8 @@ extension FusedLinearLoss {
                     }
                 }
                 if let gwp {
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(gn), Int32(H), Int32(nr),
-                                1, tile + g0, Int32(ld), hBlock, Int32(H), beta, gwp + g0 * H, Int32(H))
+                    GradWeightGEMM.gemmTN(runs: gwRuns, m: gn, n: H, k: nr, g: tile + g0, ldg: ld, x: hBlock, ldx: H,
+                                          beta: beta, c: gwp + g0 * H, ldc: H)
                 }
                 if let ghp {
                     let partial = gi == 0 ? ghp + r0 * H : partials + (gi - 1) * maxRows * H
@@ -271,7 +277,7 @@ extension FusedLinearLoss {
             // 5. grad_hidden[rows] = P_0 + P_1 + ... (group order).
             if let ghp, rp.groups > 1 {
                 let out = UncheckedSendable(ghp + r0 * H)
-                Parallel.forEachChunk(count: nr, chunkSize: mergeRows) { _, rows in
+                try Parallel.forEachChunk(count: nr, chunkSize: mergeRows) { _, rows in
                     let (_, _, _, partials, _, _, _, _, _) = state.value
                     for r in rows {
                         let dst = out.value + r * H

@@ -160,7 +160,7 @@ extension LogProbs {
         try checkOutputs(rows, logProbs.count, entropy?.count, logSumExp?.count)
         guard rows > 0, let base = logits.baseAddress else { return }
         let invT = Float(1 / temperature)
-        Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
+        try Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
             for i in range {
                 guard scored(i, targets, rowMask) else {
                     logProbs[i] = 0
@@ -198,7 +198,7 @@ extension LogProbs {
         try checkOutputs(rows, logProbs.count, entropy?.count, logSumExp?.count)
         guard rows > 0, let base = logits.baseAddress else { return }
         let invT = 1 / temperature
-        Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
+        try Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
             for i in range {
                 guard scored(i, targets, rowMask) else {
                     logProbs[i] = 0
@@ -263,7 +263,7 @@ extension LogProbs {
         guard rows > 0, let base = logits.baseAddress, let out = gradLogits.baseAddress else { return }
         let invT = Float(1 / temperature)
         let iv = SIMD8<Float>(repeating: invT)
-        Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
+        try Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
             for i in range {
                 let orow = out + i * vocab
                 let gl = gradLogProbs?[i] ?? 0
@@ -357,7 +357,7 @@ extension LogProbs {
                                 gradLogProbs?.count, gradEntropy?.count)
         guard rows > 0, let base = logits.baseAddress, let out = gradLogits.baseAddress else { return }
         let invT = 1 / temperature
-        Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
+        try Parallel.forEachChunk(count: rows, chunkSize: rowsPerChunk) { _, range in
             for i in range {
                 let orow = out + i * vocab
                 let gl = gradLogProbs?[i] ?? 0

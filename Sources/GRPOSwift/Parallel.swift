@@ -36,30 +36,43 @@ public enum Parallel {
 
     /// Runs `body(chunkIndex, range)` for `count` items split into chunks of `chunkSize`
     /// (the split does not depend on the thread count). Chunks may run concurrently.
+    ///
+    /// Interruption: when the calling thread has an interrupt flag registered (see Interrupt),
+    /// it is checked at entry and before every chunk on every worker; once it is raised no new
+    /// chunk starts, and after the running ones finish this throws GRPOError(.interrupted).
+    /// Outputs are then partially written; callers propagate the error (`try`).
     public static func forEachChunk(
         count: Int, chunkSize: Int, _ body: (Int, Range<Int>) -> Void
-    ) {
+    ) throws(GRPOError) {
         guard count > 0 else { return }
+        let flag = Interrupt.current()
+        if let flag, Interrupt.isRaised(flag) { throw Interrupt.interrupted }
         let size = max(1, chunkSize)
-        let chunks = (count + size - 1) / size
+        let chunks = count / size + (count % size == 0 ? 0 : 1)
         let threads = min(numThreads, chunks)
         if threads <= 1 {
-            for c in 0..<chunks { body(c, (c * size)..<min(count, (c + 1) * size)) }
+            for c in 0..<chunks {
+                if c > 0, let flag, Interrupt.isRaised(flag) { throw Interrupt.interrupted }
+                body(c, (c * size)..<min(count, (c + 1) * size))
+            }
             return
         }
         // Each worker takes chunks c = w, w + threads, ... : a static schedule.
         // Chunks write disjoint outputs by contract of the callers, so sharing `body`
         // across the workers is safe although the closure type is not Sendable.
+        let watched = UncheckedSendable(flag)
         withoutActuallyEscaping(body) { body in
             let shared = UncheckedSendable(body)
             DispatchQueue.concurrentPerform(iterations: threads) { w in
                 var c = w
                 while c < chunks {
+                    if let flag = watched.value, Interrupt.isRaised(flag) { return }
                     shared.value(c, (c * size)..<min(count, (c + 1) * size))
                     c += threads
                 }
             }
         }
+        if let flag, Interrupt.isRaised(flag) { throw Interrupt.interrupted }
     }
 }
 

@@ -104,9 +104,9 @@ public enum PolicyLoss {
         // 1. Row lengths and mask validation.
         var rowLen = [Int](repeating: 0, count: B)
         var badRow = [Bool](repeating: false, count: B)
-        rowLen.withUnsafeMutableBufferPointer { len in
-            badRow.withUnsafeMutableBufferPointer { bad in
-                Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+        try rowLen.withUnsafeMutableBufferPointer { (len) throws(GRPOError) in
+            try badRow.withUnsafeMutableBufferPointer { (bad) throws(GRPOError) in
+                try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
                     for i in rows {
                         // 8 bytes at a time: with 0/1 bytes the popcount is the count.
                         var c = 0, orBits: UInt64 = 0
@@ -179,8 +179,8 @@ public enum PolicyLoss {
         var effLen = rowLen
         if useEntropyMask, let ent = inp.entropies {
             let thr = entropyThreshold, all0 = entropyMaskAll0
-            effLen.withUnsafeMutableBufferPointer { eff in
-                Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+            try effLen.withUnsafeMutableBufferPointer { (eff) throws(GRPOError) in
+                try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
                     for i in rows {
                         var c = 0
                         if !all0 {
@@ -305,10 +305,10 @@ public enum PolicyLoss {
         let fGrad = mutableFloats(grad), fGradH = mutableFloats(gradEntropies)
         let fMask = mask.baseAddress
 
-        stats.withUnsafeMutableBufferPointer { st in
-        rowInd.withUnsafeMutableBufferPointer { ind in
-        rowLen.withUnsafeBufferPointer { rowLen in
-            Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+        try stats.withUnsafeMutableBufferPointer { (st) throws(GRPOError) in
+        try rowInd.withUnsafeMutableBufferPointer { (ind) throws(GRPOError) in
+        try rowLen.withUnsafeBufferPointer { (rowLen) throws(GRPOError) in
+            try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
                 for i in rows {
                     let base = i * T
                     let L = rowLen[i]

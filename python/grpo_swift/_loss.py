@@ -50,7 +50,11 @@ def _count(value: Any, fn: str, arg: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, numbers.Real) and hasattr(value, "shape") and tuple(value.shape) in ((), (1,)):
-        value = value.item() if hasattr(value, "item") else value
+        try:
+            value = value.item() if hasattr(value, "item") else value
+        except Exception as exc:  # e.g. a tensor on the meta device
+            raise TypeError(f"{fn}(): argument '{arg}' must be a number or a one-element CPU tensor/array "
+                            f"({exc})") from None
     v = real(value, fn, arg)
     if v < 0:
         raise ValueError(f"{fn}(): argument '{arg}' must be >= 0, got {v}")
@@ -203,8 +207,8 @@ class LossConfig:
         try:
             key = tuple((type(values[n]), values[n]) for n in _FIELD_NAMES)
             hash(key)
-        except TypeError:  # an unhashable (hence invalid) option: validate to get the message
-            return _build_config(fn, tuple((None, values[n]) for n in _FIELD_NAMES))
+        except TypeError:  # an unhashable (hence invalid) option: validate (uncached) to get the message
+            return _build_config.__wrapped__(fn, tuple((None, values[n]) for n in _FIELD_NAMES))
         return _build_config(fn, key)
 
     def replace(self, **changes: Any) -> "LossConfig":

@@ -54,7 +54,7 @@ static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_
     grpo_advantages_config cfg = {.num_generations = g, .scale_rewards = scale, .aggregation = agg};
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     if (dtype == GRPO_F32) {
         st = grpo_group_advantages_f32(rewards->buf, n, f, weights->buf, &cfg, adv->buf, mean->buf,
                                        std->buf, zero->buf, err, sizeof err);
@@ -62,7 +62,7 @@ static PyObject *adv_group_advantages(PyObject *self, PyObject *const *args, Py_
         st = grpo_group_advantages_f64(rewards->buf, n, f, weights->buf, &cfg, adv->buf, mean->buf,
                                        std->buf, zero->buf, err, sizeof err);
     }
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);

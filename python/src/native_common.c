@@ -1,4 +1,5 @@
 #include "native_common.h"
+#include <errno.h>
 #include <string.h>
 
 static const char *kind_name(gs_kind kind) {
@@ -129,7 +130,9 @@ PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg)
         PyErr_Format(PyExc_MemoryError, "%s(): %s", func, m);
         break;
     case GRPO_ERR_INTERRUPTED:
-        if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        /* Ctrl-C: run Python's pending signal handlers (default_int_handler raises
+         * KeyboardInterrupt); the kernel stopped, so raise it even if no handler did. */
+        if (PyErr_CheckSignals() == 0 && !PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
         break;
     default:
         PyErr_Format(PyExc_RuntimeError, "%s(): internal error in grpo_swift: %s", func, m);
@@ -169,4 +172,79 @@ PyObject *gs_finish(gs_buffers *set, grpo_status status, const char *func, const
     gs_release(set);
     if (status != GRPO_OK) return gs_raise_status(status, func, msg);
     Py_RETURN_NONE;
+}
+
+double gs_bytes(const gs_buffers *set) {
+    double total = 0;
+    for (int i = 0; i < set->count; i++) total += (double)set->views[i].len;
+    return total;
+}
+
+/* ---- Ctrl-C during a kernel call (see native_common.h) ------------------------------------ */
+
+/* Written by the SIGINT handler (atomic store), read by the kernels (relaxed atomic loads).
+ * Only main-thread calls use it, and the main thread runs one kernel call at a time. */
+static int32_t gs_sigint_flag;
+/* The SIGINT action our handler replaced (chained to); valid while a scope is active. */
+static struct sigaction gs_chained;
+
+static void gs_sigint_handler(int sig, siginfo_t *info, void *context) {
+    int saved_errno = errno;
+    __atomic_store_n(&gs_sigint_flag, 1, __ATOMIC_RELAXED);
+    /* Python's handler (async-signal-safe by design) records the signal for PyErr_CheckSignals. */
+    if (gs_chained.sa_flags & SA_SIGINFO) {
+        if (gs_chained.sa_sigaction) gs_chained.sa_sigaction(sig, info, context);
+    } else if (gs_chained.sa_handler != SIG_DFL && gs_chained.sa_handler != SIG_IGN &&
+               gs_chained.sa_handler != NULL) {
+        gs_chained.sa_handler(sig);
+    }
+    errno = saved_errno;
+}
+
+/* Whether Python's SIGINT handler is signal.default_int_handler (Ctrl-C raises
+ * KeyboardInterrupt). A custom handler (e.g. a trainer's graceful-stop flag) is respected: the
+ * kernel then runs to completion and Python calls that handler afterwards. */
+static int gs_python_raises_on_sigint(void) {
+    PyObject *signal = PyImport_ImportModule("signal");
+    if (!signal) { PyErr_Clear(); return 0; }
+    PyObject *handler = PyObject_CallMethod(signal, "getsignal", "i", SIGINT);
+    PyObject *deflt = PyObject_GetAttrString(signal, "default_int_handler");
+    int yes = handler && deflt && handler == deflt;
+    Py_XDECREF(handler);
+    Py_XDECREF(deflt);
+    Py_DECREF(signal);
+    if (PyErr_Occurred()) PyErr_Clear();
+    return yes;
+}
+
+void gs_interrupt_enter(gs_interrupt *scope, double work) {
+    scope->active = 0;
+    if (work < GS_INTERRUPTIBLE_WORK || !_PyOS_IsMainThread() || grpo_get_interrupt_flag() != NULL ||
+        !gs_python_raises_on_sigint())
+        return;
+    __atomic_store_n(&gs_sigint_flag, 0, __ATOMIC_RELAXED);
+    struct sigaction current;
+    if (sigaction(SIGINT, NULL, &current) != 0) return;
+    if (!(current.sa_flags & SA_SIGINFO) && (current.sa_handler == SIG_DFL || current.sa_handler == SIG_IGN))
+        return; /* nothing to chain to: leave the process's disposition alone */
+    gs_chained = current;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = gs_sigint_handler;
+    action.sa_flags = SA_SIGINFO | (current.sa_flags & SA_ONSTACK);
+    action.sa_mask = current.sa_mask;
+    if (sigaction(SIGINT, &action, &scope->previous) != 0) return;
+    if (grpo_set_interrupt_flag(&gs_sigint_flag) != GRPO_OK) {
+        sigaction(SIGINT, &scope->previous, NULL);
+        return;
+    }
+    scope->previous_flag = NULL;
+    scope->active = 1;
+}
+
+void gs_interrupt_exit(gs_interrupt *scope) {
+    if (!scope->active) return;
+    sigaction(SIGINT, &scope->previous, NULL);
+    grpo_set_interrupt_flag(scope->previous_flag);
+    scope->active = 0;
 }

@@ -8,6 +8,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <signal.h>
 #include "grpo_swift.h"
 
 #define GS_ERRLEN 512
@@ -64,6 +65,51 @@ PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg)
 int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg);
 /* The grpo_loss_metrics fields in header order as a tuple of floats (new reference or NULL). */
 PyObject *gs_loss_metrics_tuple(const grpo_loss_metrics *m);
+
+/*
+ * Ctrl-C during a kernel call (see "Interruption" in grpo_swift.h).
+ *
+ * Every wrapper runs its kernel between GS_KERNEL_BEGIN(work) and GS_KERNEL_END instead of
+ * Py_BEGIN/END_ALLOW_THREADS. For a call made from the main thread of the main interpreter,
+ * while Python's SIGINT handler is signal.default_int_handler (Ctrl-C would raise
+ * KeyboardInterrupt) and the call's work estimate is at least GS_INTERRUPTIBLE_WORK (the bytes of
+ * its buffers, gs_bytes(&set), or an LM-head GEMM's multiply-adds / 8, about the same time per
+ * unit: smaller calls take ~0.1 ms and skip the three sigaction system calls), gs_interrupt_enter
+ * clears a static flag, registers it with grpo_set_interrupt_flag for this thread and installs a
+ * SIGINT handler that only stores 1 into the flag (an async-signal-safe atomic store) and then
+ * chains to the handler it replaced (Python's, which records the signal as usual). With the GIL
+ * re-acquired, gs_interrupt_exit restores the previous handler and registration. The kernel
+ * returns GRPO_ERR_INTERRUPTED, and gs_raise_status runs Python's pending signal handlers
+ * (PyErr_CheckSignals), which raise KeyboardInterrupt. Calls from other threads are untouched
+ * (they have no flag registered), so they keep running and stay bitwise identical.
+ */
+#define GS_INTERRUPTIBLE_WORK ((double)(1 << 20))
+
+typedef struct gs_interrupt {
+    int active;                   /* the handler is installed and the flag registered */
+    const int32_t *previous_flag; /* this thread's registration before the call */
+    struct sigaction previous;    /* the SIGINT action before the call */
+} gs_interrupt;
+
+/* Total bytes of the buffers in the set (a kernel's usual work estimate). */
+double gs_bytes(const gs_buffers *set);
+
+/* With the GIL held: installs the SIGINT handler and flag for a large main-thread call. */
+void gs_interrupt_enter(gs_interrupt *scope, double work);
+
+/* With the GIL held, after the kernel returned: restores the handler and the registration. */
+void gs_interrupt_exit(gs_interrupt *scope);
+
+/* Release the GIL around a kernel call, interruptible by Ctrl-C (see above). */
+#define GS_KERNEL_BEGIN(work)                                                                  \
+    {                                                                                          \
+        gs_interrupt gs_scope_;                                                                \
+        gs_interrupt_enter(&gs_scope_, (work));                                                \
+        Py_BEGIN_ALLOW_THREADS
+#define GS_KERNEL_END                                                                          \
+        Py_END_ALLOW_THREADS                                                                   \
+        gs_interrupt_exit(&gs_scope_);                                                         \
+    }
 
 /* Method tables of the kernel families, NULL-terminated. */
 extern PyMethodDef gs_core_methods[];

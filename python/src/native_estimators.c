@@ -85,7 +85,7 @@ static PyObject *est_estimator_advantages(PyObject *self, PyObject *const *args,
     }
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     if (dtype == GRPO_F32) {
         st = grpo_estimator_advantages_f32(rewards->buf, n, ids->buf, lengths->buf, &cfg, out->buf,
                                            err, sizeof err);
@@ -93,7 +93,7 @@ static PyObject *est_estimator_advantages(PyObject *self, PyObject *const *args,
         st = grpo_estimator_advantages_f64(rewards->buf, n, ids->buf, lengths->buf, &cfg, out->buf,
                                            err, sizeof err);
     }
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
@@ -137,7 +137,7 @@ static PyObject *est_token_advantages(PyObject *self, PyObject *const *args, Py_
     }
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     if (dtype == GRPO_F32) {
         st = grpo_token_advantages_returns_f32(rewards->buf, n, t, cols, mask->buf, ids->buf, &cfg, out->buf,
                                                ret->buf, err, sizeof err);
@@ -145,7 +145,7 @@ static PyObject *est_token_advantages(PyObject *self, PyObject *const *args, Py_
         st = grpo_token_advantages_returns_f64(rewards->buf, n, t, cols, mask->buf, ids->buf, &cfg, out->buf,
                                                ret->buf, err, sizeof err);
     }
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
@@ -180,13 +180,13 @@ static PyObject *est_zero_spread(PyObject *self, PyObject *const *args, Py_ssize
     }
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     if (dtype == GRPO_F32) {
         st = grpo_zero_spread_groups_f32(rewards->buf, n, ids->buf, g, tol, out->buf, err, sizeof err);
     } else {
         st = grpo_zero_spread_groups_f64(rewards->buf, n, ids->buf, g, tol, out->buf, err, sizeof err);
     }
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);

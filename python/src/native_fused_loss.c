@@ -143,10 +143,10 @@ static PyObject *fl_fused_linear_loss(PyObject *self, PyObject *const *args, Py_
     grpo_loss_metrics m = {0};
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN((double)N * V * H / 8)
     st = grpo_fused_linear_loss(&in, &cfg, &head, gh->buf, gw->buf, gb->buf, olp->buf, oent->buf, &m, err,
                                 sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     if (st != GRPO_OK) {
         gs_raise_status(st, fn, err);
         goto exit;

@@ -75,10 +75,10 @@ static PyObject *lp_selective_log_softmax(PyObject *self, PyObject *const *args,
         goto exit;
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     st = grpo_selective_log_softmax(logits->buf, dtype, n, v, targets->buf, mask->buf, temperature,
                                     lp->buf, ent->buf, lse->buf, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
@@ -123,11 +123,11 @@ static PyObject *lp_selective_log_softmax_backward(PyObject *self, PyObject *con
     }
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     st = grpo_selective_log_softmax_backward(logits->buf, dtype, n, v, targets->buf, mask->buf, temperature,
                                              lse->buf, ent->buf, glp->buf, gent->buf, out->buf, grad_dtype,
                                              err, sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
@@ -201,14 +201,14 @@ static PyObject *lp_fused_log_probs(PyObject *self, PyObject *const *args, Py_ss
         goto exit;
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN((double)n * v * h / 8)
     if (bf16)
         st = grpo_fused_log_probs_bf16(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
                                        lp->buf, ent->buf, lse->buf, err, sizeof err);
     else
         st = grpo_fused_log_probs_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
                                       lp->buf, ent->buf, lse->buf, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
@@ -251,7 +251,7 @@ static PyObject *lp_fused_log_probs_backward(PyObject *self, PyObject *const *ar
     }
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN((double)n * v * h / 8)
     if (bf16)
         st = grpo_fused_log_probs_backward_bf16(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
                                                 lse->buf, ent->buf, glp->buf, gent->buf, gh->buf, gw->buf, gb->buf,
@@ -260,7 +260,7 @@ static PyObject *lp_fused_log_probs_backward(PyObject *self, PyObject *const *ar
         st = grpo_fused_log_probs_backward_f32(hidden->buf, weight->buf, bias->buf, n, h, v, targets->buf, &cfg,
                                                lse->buf, ent->buf, glp->buf, gent->buf, gh->buf, gw->buf, gb->buf,
                                                err, sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);
@@ -307,9 +307,9 @@ static PyObject *lp_benchmark_sgemm_nt(PyObject *self, PyObject *const *args, Py
     }
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN((double)m * n * k / 8)
     st = grpo_benchmark_sgemm_nt_f32(a->buf, b->buf, m, n, k, c->buf, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     return gs_finish(&set, st, fn, err);
 exit:
     gs_release(&set);

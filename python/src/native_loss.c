@@ -142,9 +142,9 @@ static PyObject *loss_policy_loss(PyObject *self, PyObject *const *args, Py_ssiz
     grpo_loss_metrics m = {0};
     char err[GS_ERRLEN] = {0};
     grpo_status st;
-    Py_BEGIN_ALLOW_THREADS
+    GS_KERNEL_BEGIN(gs_bytes(&set))
     st = grpo_policy_loss(&in, &cfg, grad->buf, gradh->buf, &m, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    GS_KERNEL_END
     if (st != GRPO_OK) {
         gs_raise_status(st, fn, err);
         goto exit;

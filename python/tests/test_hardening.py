@@ -1,31 +1,46 @@
-"""Hardening of every numpy-level kernel: real concurrency (the GIL is released), no leaks,
-bitwise determinism across kernel thread counts, inputs never mutated.
+"""Hardening of every public kernel (numpy API, estimators, fused linear loss, torch layer): real
+concurrency (the GIL is released), no leaks, bitwise determinism across kernel thread counts,
+inputs never mutated.
 
-Sizes are bounded so this file runs in well under a minute; GRPO_HARDENING_SCALE=10 runs
-the full budgets of issue 10 (8 threads x 1000 calls, 100,000 calls for the leak check;
+Sizes are bounded so this file runs in a few minutes; GRPO_HARDENING_SCALE=10 runs the full
+budgets of issue 10 (8 threads x 1000 calls, 100,000 calls per kernel for the leak check;
 `make hardening` does).
 """
 from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 import numpy as np
 import pytest
 
 import grpo_swift
+from conftest import has_module
 
 SCALE = float(os.environ.get("GRPO_HARDENING_SCALE", "1"))
+HAS_TORCH = has_module("torch")
 
 
-def _inputs(seed: int = 0):
+def _inputs(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    b, t, v = 6, 24, 97
+    b, t, v, g = 6, 24, 97, 4
     logps = -rng.exponential(1.0, size=(b, t)).astype(np.float32)
     mask = rng.random((b, t)) < 0.8
     mask[2] = False  # a fully masked row
+    rewards1 = rng.normal(size=b * g)
+    rewards1[5] = np.nan  # an unscorable row (its group keeps 3 scorable rows)
+    ids = rng.permutation(np.repeat(np.arange(b), g)).astype(np.int64)  # shuffled groups
+    tok_mask = rng.random((b * g, t)) < 0.85
+    tok_mask[:, 0] = True
     return {
-        "rewards": rng.normal(size=(b * 4, 2)),
+        "rewards": rng.normal(size=(b * g, 2)),
+        "rewards1": rewards1,
+        "rewards_f32": rng.normal(size=b * g).astype(np.float32),
+        "group_ids": ids,
+        "lengths": tok_mask.sum(axis=1).astype(np.float64),
+        "tok_mask": tok_mask,
+        "tok_rewards": rng.normal(size=(b * g, t)),
         "logps": logps,
         "old": (logps + rng.normal(0, 0.1, size=(b, t))).astype(np.float32),
         "ref": (logps + rng.normal(0, 0.1, size=(b, t))).astype(np.float32),
@@ -35,33 +50,159 @@ def _inputs(seed: int = 0):
         "index": rng.integers(0, v, size=b * t),
         "hidden": rng.normal(size=(b * t, 16)).astype(np.float32),
         "weight": rng.normal(0, 0.3, size=(v, 16)).astype(np.float32),
+        "bias": rng.normal(0, 0.1, size=v).astype(np.float32),
+        "ids_bt": rng.integers(0, v, size=(b, t)),
     }
 
 
-def _kernels():
-    """(name, callable returning a tuple of arrays) for every public kernel."""
-    x = _inputs()
+def _loss_out(r) -> tuple:
+    return (np.float64(r.loss), r.grad, np.array(sorted(r.metrics.items()), dtype=object)[:, 1].astype(np.float64))
+
+
+def _fused_out(r) -> tuple:
+    return (np.float64(r.loss), r.grad_hidden, r.grad_weight, r.grad_bias, r.log_probs, r.entropy,
+            np.array([r.metrics[k] for k in sorted(r.metrics)], dtype=np.float64))
+
+
+def _numpy_kernels(x: dict) -> list[tuple[str, Callable[[], tuple]]]:
+    """(name, callable returning a tuple of arrays) for every numpy-level kernel."""
+    gs = grpo_swift
+    n_items = float(x["mask"].sum())
     return [
-        ("group_advantages", lambda: tuple(grpo_swift.group_advantages(x["rewards"], 4, scale_rewards="batch"))),
-        ("grpo_loss", lambda: (lambda r: (np.float64(r.loss), r.grad))(grpo_swift.grpo_loss(
+        ("group_advantages", lambda: tuple(gs.group_advantages(x["rewards"], 4, scale_rewards="batch"))),
+        ("grpo_loss", lambda: _loss_out(gs.grpo_loss(
             x["logps"], x["adv"], x["mask"], old_logps=x["old"], ref_logps=x["ref"], beta=0.04,
-            loss_type="dapo", num_items_in_batch=float(x["mask"].sum())))),
-        ("grpo_loss_sequence", lambda: (lambda r: (np.float64(r.loss), r.grad))(grpo_swift.grpo_loss(
+            loss_type="dapo", num_items_in_batch=n_items))),
+        ("grpo_loss_sequence", lambda: _loss_out(gs.grpo_loss(
             x["logps"], x["adv"], x["mask"], old_logps=x["old"], loss_type="grpo",
             importance_sampling_level="sequence"))),
-        ("selective_log_softmax", lambda: tuple(grpo_swift.selective_log_softmax(
+        ("selective_log_softmax", lambda: tuple(gs.selective_log_softmax(
             x["logits"], x["index"], temperature=0.7, return_entropy=True))),
-        ("fused_log_probs", lambda: tuple(np.asarray(a) for a in grpo_swift.fused_log_probs(
+        ("fused_log_probs", lambda: tuple(np.asarray(a) for a in gs.fused_log_probs(
             x["hidden"], x["weight"], x["index"], temperature=0.9)[:2])),
+        # estimators (explicit shuffled group ids and consecutive groups)
+        ("advantages_grpo_batch", lambda: (gs.advantages(x["rewards1"], "grpo", group_ids=x["group_ids"],
+                                                         scale_rewards="batch"),)),
+        ("dr_grpo_advantages", lambda: (gs.dr_grpo_advantages(x["rewards1"], 4),)),
+        ("rloo_advantages", lambda: (gs.rloo_advantages(x["rewards1"], group_ids=x["group_ids"],
+                                                        normalize_advantages=True),)),
+        ("opo_advantages", lambda: (gs.opo_advantages(x["rewards_f32"], 4, lengths=x["lengths"]),)),
+        ("gpg_advantages", lambda: (gs.gpg_advantages(x["rewards1"], group_ids=x["group_ids"]),)),
+        ("passk_advantages", lambda: (gs.passk_advantages(x["rewards_f32"], 4),)),
+        ("reinforce_pp_advantages", lambda: (gs.reinforce_pp_advantages(x["tok_rewards"], x["tok_mask"],
+                                                                        gamma=0.9),)),
+        ("reinforce_pp_baseline_advantages", lambda: (gs.reinforce_pp_baseline_advantages(
+            x["rewards1"], x["tok_mask"], group_ids=x["group_ids"]),)),
+        ("zero_spread_groups", lambda: (gs.zero_spread_groups(x["rewards1"], group_ids=x["group_ids"]),
+                                        gs.informative_rows(x["rewards_f32"], num_generations=4))),
+        # fused linear loss: the 3-GEMM (resident) and the 4-GEMM schedule
+        ("fused_linear_grpo_loss", lambda: _fused_out(gs.fused_linear_grpo_loss(
+            x["hidden"], x["weight"], x["ids_bt"], x["mask"], x["adv"], bias=x["bias"], old_logps=x["old"],
+            ref_logps=x["ref"], beta=0.04, loss_type="dapo"))),
+        ("fused_linear_grpo_loss_4gemm", lambda: _fused_out(gs.fused_linear_grpo_loss(
+            x["hidden"], x["weight"], x["ids_bt"], x["mask"], x["adv"], old_logps=x["old"], loss_type="grpo",
+            temperature=0.8, scratch_budget=64))),
     ]
 
 
-KERNELS = _kernels()
+def _torch_inputs(x: dict) -> dict:
+    """Torch twins of the numpy inputs: float32 and bfloat16 leaves that require grad."""
+    import torch
+
+    t = {k: torch.from_numpy(np.array(v)) for k, v in x.items()}
+    out = {k: v for k, v in t.items() if v.dtype in (torch.int64, torch.bool, torch.float64)}
+    for k in ("logps", "old", "ref", "adv"):
+        out[k] = t[k]
+    for k in ("logps", "logits", "hidden", "weight", "bias"):
+        out[k + "_g"] = t[k].clone().requires_grad_()
+        out[k + "_bf16"] = t[k].to(torch.bfloat16).requires_grad_()
+    return out
+
+
+def _tensor_bits(*ts) -> tuple:
+    import torch
+
+    out = []
+    for v in ts:
+        if isinstance(v, dict):
+            out.extend(_tensor_bits(*[v[k] for k in sorted(v)]))
+        elif isinstance(v, (list, tuple)):
+            out.extend(_tensor_bits(*v))
+        elif isinstance(v, torch.Tensor):
+            out.append(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().copy())
+        else:
+            out.append(np.asarray(v, dtype=np.float64))
+    return tuple(out)
+
+
+def _torch_kernels(x: dict) -> list[tuple[str, Callable[[], tuple]]]:
+    """Forward + backward of every grpo_swift.torch entry point (gradients through
+    torch.autograd.grad: nothing accumulates into shared leaves across threads)."""
+    import torch
+
+    import grpo_swift.torch as gt
+
+    t = _torch_inputs(x)
+    grad = torch.autograd.grad
+
+    def loss(dtype_key):
+        lp = t[dtype_key]
+        old = t["old"].to(lp.dtype)
+        ref = t["ref"].to(lp.dtype)
+        value, metrics = gt.grpo_loss(lp, t["adv"], t["mask"], old_per_token_logps=old, ref_per_token_logps=ref,
+                                      beta=0.04, loss_type="dapo")
+        return _tensor_bits(value, grad(value, lp), metrics)
+
+    def sls(key):
+        logits = t[key]
+        lp, ent = gt.selective_log_softmax(logits.reshape(6, 24, -1), t["index"].reshape(6, 24), temperature=0.7,
+                                           return_entropy=True)
+        return _tensor_bits(lp, ent, grad(lp.sum() + 0.5 * ent.sum(), logits))
+
+    def flp(suffix):
+        h, w, b = t["hidden" + suffix], t["weight" + suffix], t["bias" + suffix]
+        lp, ent = gt.fused_log_probs(h, w, t["index"], bias=b, temperature=0.9)
+        return _tensor_bits(lp, ent, grad(lp.sum() + 0.3 * ent.sum(), (h, w, b)))
+
+    def fused_module(suffix):
+        h, w = t["hidden" + suffix], t["weight" + suffix]
+        module = gt.FusedLinearGRPOLoss(beta=0.04, loss_type="dapo")
+        value, metrics = module(h, w, t["ids_bt"], t["mask"], t["adv"], ref_per_token_logps=t["ref"],
+                                old_per_token_logps=t["old"])
+        return _tensor_bits(value, metrics, grad(value, (h, w)))
+
+    def fused_fn():
+        h, w, b = t["hidden_g"], t["weight_g"], t["bias_g"]
+        value, metrics = gt.fused_linear_grpo_loss(h, w, t["ids_bt"], t["mask"], t["adv"], bias=b,
+                                                   old_logps=t["old"], loss_type="grpo",
+                                                   importance_sampling_level="sequence")
+        return _tensor_bits(value, metrics["log_probs"], metrics["entropy_per_token"], grad(value, (h, w, b)))
+
+    return [
+        ("torch_grpo_loss", lambda: loss("logps_g")),
+        ("torch_grpo_loss_bf16", lambda: loss("logps_bf16")),
+        ("torch_selective_log_softmax", lambda: sls("logits_g")),
+        ("torch_selective_log_softmax_bf16", lambda: sls("logits_bf16")),
+        ("torch_fused_log_probs", lambda: flp("_g")),
+        ("torch_fused_log_probs_bf16", lambda: flp("_bf16")),
+        ("torch_group_advantages", lambda: _tensor_bits(tuple(gt.group_advantages(t["rewards"], 4)))),
+        ("torch_FusedLinearGRPOLoss", lambda: fused_module("_g")),
+        ("torch_FusedLinearGRPOLoss_bf16", lambda: fused_module("_bf16")),
+        ("torch_fused_linear_grpo_loss", fused_fn),
+    ]
+
+
+def _all_kernels() -> list[tuple[str, Callable[[], tuple]]]:
+    x = _inputs()
+    return _numpy_kernels(x) + (_torch_kernels(x) if HAS_TORCH else [])
+
+
+KERNELS = _all_kernels()
 IDS = [k[0] for k in KERNELS]
 
 
 def _bits(out) -> bytes:
-    return b"".join(np.ascontiguousarray(a).tobytes() for a in out)
+    return b"".join(np.ascontiguousarray(a).tobytes() for a in out if a is not None)
 
 
 @pytest.mark.parametrize("name,call", KERNELS, ids=IDS)
@@ -71,18 +212,21 @@ def test_concurrent_python_threads_are_bitwise_equal(name, call):
     errors: list[str] = []
 
     def worker():
-        for _ in range(calls):
-            if _bits(call()) != expected:
-                errors.append("mismatch")
-                return
+        try:
+            for _ in range(calls):
+                if _bits(call()) != expected:
+                    errors.append("mismatch")
+                    return
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for th in threads:
         th.start()
     for th in threads:
-        th.join(timeout=120)
+        th.join(timeout=600)
     assert not any(th.is_alive() for th in threads), "a worker hung"
-    assert not errors
+    assert not errors, errors[:3]
 
 
 def _rss_bytes() -> int:
@@ -95,13 +239,16 @@ def _rss_bytes() -> int:
                     reason="AddressSanitizer's quarantine holds freed memory: RSS is not a leak signal")
 @pytest.mark.parametrize("name,call", KERNELS, ids=IDS)
 def test_no_memory_growth(name, call):
-    for _ in range(200):  # warm-up: allocator pools, lazily initialised state
+    # Torch kernels: 1/5 of the calls in the normal suite (each is a forward + backward through
+    # autograd, ~10x a numpy call); the full budget (SCALE=10) runs 100,000 calls of every kernel.
+    calls = int(10000 * SCALE) if SCALE >= 10 or not name.startswith("torch_") else int(2000 * SCALE)
+    for _ in range(max(200, calls // 20)):  # warm-up: allocator pools, lazily initialised state
         call()
     before = _rss_bytes()
-    for _ in range(int(10000 * SCALE)):
+    for _ in range(calls):
         call()
     growth = _rss_bytes() - before
-    assert growth < 1 << 20, f"RSS grew by {growth} bytes"
+    assert growth < 1 << 20, f"RSS grew by {growth} bytes over {calls} calls"
 
 
 @pytest.mark.parametrize("name,call", KERNELS, ids=IDS)
@@ -117,16 +264,50 @@ def test_thread_count_does_not_change_bits(name, call):
     assert results[0] == results[1] == results[2]
 
 
-def test_inputs_are_never_mutated():
+def test_numpy_inputs_are_never_mutated():
+    """Every numpy kernel on one set of inputs (made read-only as well): the bytes are unchanged."""
     x = _inputs(1)
     snapshot = {k: v.copy() for k, v in x.items()}
-    for _, call in _kernels():
+    for v in x.values():
+        v.setflags(write=False)
+    for _, call in _numpy_kernels(x):
         call()
-    # _kernels() builds its own inputs; run every kernel once more on `x` itself
-    grpo_swift.group_advantages(x["rewards"], 4)
-    grpo_swift.grpo_loss(x["logps"], x["adv"], x["mask"], old_logps=x["old"], ref_logps=x["ref"], beta=0.04,
-                         num_items_in_batch=10.0)
-    grpo_swift.selective_log_softmax(x["logits"], x["index"], return_entropy=True)
-    grpo_swift.fused_log_probs(x["hidden"], x["weight"], x["index"])
     for k, v in snapshot.items():
-        np.testing.assert_array_equal(x[k], v, err_msg=f"input '{k}' was mutated")
+        assert x[k].tobytes() == v.tobytes(), f"input '{k}' was mutated"
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_inputs_are_never_mutated():
+    """Every torch kernel, forward and backward (including .backward() into leaves that require
+    grad): no input tensor's bytes change, and gradients land only in .grad."""
+    import torch
+
+    x = _inputs(2)
+    t = _torch_inputs(x)
+    snapshot = {k: v.detach().clone() for k, v in t.items()}
+    kernels = _torch_kernels(x)
+    # _torch_kernels built its own tensors from x: run them, then the same entry points on `t`.
+    for _, call in kernels:
+        call()
+    import grpo_swift.torch as gt
+
+    lp, _ = gt.grpo_loss(t["logps_bf16"], t["adv"], t["mask"], old_per_token_logps=t["old"].bfloat16(),
+                         loss_type="bnpo")
+    lp.backward()
+    a, b = gt.selective_log_softmax(t["logits_g"], t["index"], return_entropy=True)
+    (a.sum() + b.sum()).backward()
+    a, b = gt.fused_log_probs(t["hidden_bf16"], t["weight_bf16"], t["index"], bias=t["bias_bf16"])
+    (a.sum() + b.sum()).backward()
+    value, _ = gt.FusedLinearGRPOLoss(beta=0.0)(t["hidden_g"], t["weight_g"], t["ids_bt"], t["mask"], t["adv"],
+                                              bias=t["bias_g"])
+    value.backward()
+    gt.group_advantages(t["rewards"], 4)
+    for k, v in snapshot.items():
+        now = t[k].detach()
+        assert now.dtype == v.dtype and torch.equal(now.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), \
+            f"input '{k}' was mutated"
+    for k in ("logps_bf16", "logits_g", "hidden_bf16", "weight_bf16", "bias_bf16", "hidden_g", "weight_g", "bias_g"):
+        assert t[k].grad is not None and t[k].grad.shape == t[k].shape, k
+    # the kernels' own tensors (built from x) are unchanged too
+    for k, v in _inputs(2).items():
+        assert x[k].tobytes() == v.tobytes(), f"numpy input '{k}' was mutated"

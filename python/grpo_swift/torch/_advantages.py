@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from .._advantages import AdvantagesResult, _scale_name, group_advantages as _np_group_advantages
+from .._advantages import _AGGREGATION_NAMES, AdvantagesResult, _scale_name, group_advantages as _np_group_advantages
+from .._validation import choice, float_array, integer
 from ._interop import buffer_of, check_tensor
 
 
@@ -37,11 +39,15 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale_rewar
     """
     fn = "group_advantages"
     rewards = check_tensor(rewards, fn, "rewards", dtypes=(torch.float32, torch.float64), ndim=(1, 2))
+    # Validated here: the custom op's schema would reject a wrong type with a RuntimeError.
+    num_generations = integer(num_generations, fn, "num_generations", minimum=2)
+    choice(multi_objective_aggregation, fn, "multi_objective_aggregation", _AGGREGATION_NAMES)
     if isinstance(reward_weights, torch.Tensor):
         reward_weights = check_tensor(reward_weights, fn, "reward_weights",
                                       dtypes=(torch.float32, torch.float64), ndim=(1,))
     elif reward_weights is not None:
-        reward_weights = torch.tensor(list(reward_weights), dtype=rewards.dtype)
+        reward_weights = torch.from_numpy(np.array(float_array(reward_weights, fn, "reward_weights", ndim=(1,)),
+                                                   dtype=np.float32 if rewards.dtype == torch.float32 else np.float64))
     out = _group_advantages_op(rewards.detach(), reward_weights, num_generations,
                                _scale_name(scale_rewards), multi_objective_aggregation)
     return AdvantagesResult(*out)

@@ -22,7 +22,7 @@ import torch
 
 from .. import _native
 from .._fused_loss import _call, _head_tuple
-from .._loss import LossConfig
+from .._loss import LossConfig, _count
 from ._interop import buffer_of, check_tensor
 
 _HEAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -247,8 +247,7 @@ class FusedLinearGRPOLoss(torch.nn.Module):
         fn = "FusedLinearGRPOLoss.forward"
         config = self.config
         if num_items_in_batch is not None:
-            n = num_items_in_batch.item() if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch
-            config = config.replace(num_items_in_batch=n)
+            config = config.replace(num_items_in_batch=_count(num_items_in_batch, fn, "num_items_in_batch"))
         has_ref = self.use_ref_model and (ref_per_token_logps is not None or ref_input is not None)
         if not has_ref:
             ref_per_token_logps = ref_input = ref_weight = ref_bias = None

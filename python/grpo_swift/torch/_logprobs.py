@@ -179,7 +179,9 @@ def fused_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     fn = "fused_log_probs"
     hidden = check_tensor(hidden, fn, "hidden")
     weight = check_tensor(weight, fn, "weight", ndim=(2,))
-    if hidden.dim() < 1 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] < 1:
+    if hidden.dim() < 1:
+        raise ValueError(f"{fn}(): argument 'hidden' must have shape (..., H), got a 0-d tensor")
+    if weight.shape[1] != hidden.shape[-1] or weight.shape[0] < 1:
         raise ValueError(f"{fn}(): argument 'weight' must have shape (V, {hidden.shape[-1]}) to match 'hidden' "
                          f"{tuple(hidden.shape)}, got {tuple(weight.shape)}")
     if bias is not None:

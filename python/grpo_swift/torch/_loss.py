@@ -332,6 +332,8 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         if t is not None:
             _constant(t, fn, arg)
     aux = torch.float64 if lp.dtype == torch.float64 else torch.float32
+    if advantages is None:
+        raise TypeError(f"{fn}(): argument 'advantages' must be a torch.Tensor, got None")
     adv = _check_rows(advantages, fn, "advantages", B, T, aux)
     isr = _check_rows(importance_sampling_ratio, fn, "importance_sampling_ratio", B, T, aux)
     mask = check_tensor(completion_mask, fn, "completion_mask", dtypes=_MASK_DTYPES, ndim=(2,))
@@ -358,6 +360,8 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         if num_items_in_batch.numel() != 1:
             raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a number or a one-element tensor, "
                              f"got shape {tuple(num_items_in_batch.shape)}")
+        if num_items_in_batch.device.type == "meta":
+            raise TypeError(f"{fn}(): argument 'num_items_in_batch' is a meta tensor (no value)")
         if num_items_in_batch.device.type != "cpu":
             num_items_in_batch = num_items_in_batch.cpu()
         n_items = num_items_in_batch.detach().reshape(()).to(torch.float64)
