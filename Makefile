@@ -41,8 +41,8 @@ hardening: install
 dist-full: install
 	GRPO_DIST_FULL=1 $(PY) -m pytest python/tests/test_distributed.py -q
 
-# Property-based fuzzing: 18 properties (numpy, estimators, fused loss, torch layer) x 2000
-# examples = 36,000 cases; the statistics list the examples each property ran.
+# Property-based fuzzing: 20 properties (numpy, estimators, loss options, fused loss, torch layer) x 2000
+# examples = 40,000 cases; the statistics list the examples each property ran.
 FUZZ_EXAMPLES ?= 2000
 fuzz: install
 	GRPO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest python/tests/test_fuzz.py python/tests/test_fuzz_torch.py \

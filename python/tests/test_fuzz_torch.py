@@ -218,6 +218,47 @@ def test_fuzz_torch_group_advantages(g, groups, funcs, dtype, scale, layout, see
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
+# ---- advantage estimators -----------------------------------------------------------------
+
+ROW_ESTIMATORS = ["grpo", "dr_grpo", "rloo", "opo", "gpg", "passk"]
+
+
+@FUZZ
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=5), estimator=st.sampled_from(ROW_ESTIMATORS),
+       dtype=st.sampled_from([torch.float32, torch.float64]), singleton=st.sampled_from(["zero", "raw", "error"]),
+       layout=st.sampled_from(["c", "strided"]), nan_share=st.sampled_from([0.0, 0.2]), seed=st.integers(0, 2**31))
+def test_fuzz_torch_estimators(sizes, estimator, dtype, singleton, layout, nan_share, seed):
+    """grpo_swift.torch.advantages / zero_spread_groups / informative_rows over shuffled explicit group
+    ids of variable sizes (singletons included) and NaN rewards: bit for bit the numpy API's result,
+    or the same error (TypeError/ValueError naming the function) -- e.g. pass@k's singleton refusal."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    ids = ids[torch.randperm(len(ids), generator=gen)]
+    n = len(ids)
+    r = torch.randint(0, 3, (n,), generator=gen).to(torch.float64) / 2  # ties and zero-spread groups
+    r[torch.rand(n, generator=gen) < nan_share] = float("nan")
+    r = r.to(dtype)
+    opts = {"singleton": singleton}
+    if estimator == "opo":
+        opts["lengths"] = torch.randint(0, 6, (n,), generator=gen).to(dtype)
+    if estimator == "passk" and singleton == "raw":
+        opts["singleton"] = "zero"
+    np_opts = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+    try:
+        want = grpo_swift.advantages(r.numpy(), estimator, group_ids=ids.numpy(), **np_opts)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as info:
+            gt.advantages(noncontiguous(r, layout), estimator, group_ids=ids, **opts)
+        assert "advantages(" in str(info.value), info.value
+        return
+    got = gt.advantages(noncontiguous(r, layout), estimator, group_ids=ids, **opts)
+    assert got.dtype == dtype and np.asarray(got).tobytes() == np.asarray(want).tobytes()
+    z = gt.zero_spread_groups(noncontiguous(r, layout), group_ids=ids)
+    assert np.array_equal(z.numpy(), grpo_swift.zero_spread_groups(r.numpy(), group_ids=ids.numpy()))
+    rows = gt.informative_rows(r, group_ids=ids)
+    assert np.array_equal(rows.numpy(), grpo_swift.informative_rows(r.numpy(), group_ids=ids.numpy()))
+
+
 # ---- fused linear GRPO loss ---------------------------------------------------------------
 
 @FUZZ
@@ -304,6 +345,9 @@ TORCH_FUNCS = {
     "group_advantages": lambda a, b, c, kw: gt.group_advantages(a, b, **kw),
     "fused_linear_grpo_loss": lambda a, b, c, kw: gt.fused_linear_grpo_loss(a, b, c, c, a, **kw),
     "FusedLinearGRPOLoss.forward": lambda a, b, c, kw: gt.FusedLinearGRPOLoss()(a, b, c, c, a, **kw),
+    "advantages": lambda a, b, c, kw: gt.advantages(a, "rloo", group_ids=c, **kw),
+    "reinforce_pp_advantages": lambda a, b, c, kw: gt.reinforce_pp_advantages(a, c, **kw),
+    "zero_spread_groups": lambda a, b, c, kw: gt.zero_spread_groups(a, group_ids=c, **kw),
 }
 
 
@@ -316,6 +360,8 @@ TORCH_FUNCS = {
 def test_fuzz_torch_bad_input_raises_cleanly(fn, a, b, c, kw):
     if fn == "FusedLinearGRPOLoss.forward":
         kw = {k: v for k, v in kw.items() if k in ("bias", "num_items_in_batch")}
+    if fn in ("advantages", "reinforce_pp_advantages", "zero_spread_groups"):
+        kw = {}
     if fn in ("selective_log_softmax", "fused_log_probs", "group_advantages"):
         kw = {k: v for k, v in kw.items() if k in ("temperature", "bias", "scale_rewards")}
         if fn != "fused_log_probs":

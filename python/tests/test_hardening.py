@@ -189,6 +189,15 @@ def _torch_kernels(x: dict) -> list[tuple[str, Callable[[], tuple]]]:
         ("torch_FusedLinearGRPOLoss", lambda: fused_module("_g")),
         ("torch_FusedLinearGRPOLoss_bf16", lambda: fused_module("_bf16")),
         ("torch_fused_linear_grpo_loss", fused_fn),
+        # the estimator front doors (grpo_swift.torch.advantages and friends)
+        ("torch_advantages_rloo", lambda: _tensor_bits(gt.advantages(
+            t["rewards1"], "rloo", group_ids=t["group_ids"], normalize_advantages=True))),
+        ("torch_gpg_advantages", lambda: _tensor_bits(gt.gpg_advantages(t["rewards1"], group_ids=t["group_ids"]))),
+        ("torch_reinforce_pp_advantages", lambda: _tensor_bits(gt.reinforce_pp_advantages(
+            t["tok_rewards"], t["tok_mask"], gamma=0.9, return_returns=True))),
+        ("torch_zero_spread_groups", lambda: _tensor_bits(
+            gt.zero_spread_groups(t["rewards1"], group_ids=t["group_ids"]),
+            gt.informative_rows(t["rewards1"], num_generations=4))),
     ]
 
 
@@ -302,6 +311,9 @@ def test_torch_inputs_are_never_mutated():
                                               bias=t["bias_g"])
     value.backward()
     gt.group_advantages(t["rewards"], 4)
+    gt.advantages(t["rewards1"], "opo", group_ids=t["group_ids"], lengths=t["lengths"])
+    gt.reinforce_pp_baseline_advantages(t["rewards1"], t["tok_mask"], group_ids=t["group_ids"])
+    gt.informative_rows(t["rewards1"], group_ids=t["group_ids"])
     for k, v in snapshot.items():
         now = t[k].detach()
         assert now.dtype == v.dtype and torch.equal(now.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), \
