@@ -32,7 +32,7 @@ for the high-entropy quantile):
   ===================  ====================================  ===================================
   dapo, cispo, vespo   sum(l m) / (max(N,1) / W * GA / S)    sum over all processes / (N GA/S):
                                                              the single-process value
-  grpo, sapo           mean over its rows / GA               the single-process value when every
+  grpo, sapo, gmpo     mean over its rows / GA               the single-process value when every
   dr_grpo              sum(l m) / (B_r max_len) / GA         process holds the same number of
   luspo                mean of its row sums / GA             rows B_r (TRL always does)
   bnpo                 sum(l m) / its own tokens / GA        the MEAN OF PER-PROCESS token means,
@@ -43,7 +43,7 @@ for the high-entropy quantile):
   ``normalization="global"`` (the default) rescales this process's loss so that the averaged
   gradient (and the mean of the processes' losses) equals the single-process result of the
   union of every process's rows for EVERY loss type, the entropy bonus included, also with
-  different row or token counts per process: grpo/sapo/dr_grpo/luspo by W B_r / B, bnpo by
+  different row or token counts per process: grpo/sapo/gmpo/dr_grpo/luspo by W B_r / B, bnpo by
   W T_r / T, the entropy bonus by W E_r / E (B, T, E the row, token and high-entropy-token
   counts over all processes; the scale of the policy+KL part and of the entropy part are applied
   to their own gradients). With gradient accumulation each call is one micro-batch: the
@@ -56,7 +56,7 @@ for the high-entropy quantile):
   `entropy_threshold`, whose value the kernel then uses (LossConfig.entropy_threshold) instead
   of the quantile of this process's entropies alone.
 * Metrics, reduced as TRL 1.16's ``_compute_loss`` logs them: kl, entropy, the clip ratios,
-  cispo_clip_ratio and vespo/phi_seq_mean are global means weighted by each process's count
+  cispo_clip_ratio, vespo/phi_seq_mean and pg_clipfrac_lower are global means weighted by each process's count
   (tokens, or rows for sequence-level ratios and per-row vespo weights); clip_ratio/low_min and
   high_max are the nanmin / nanmax over every process's per-sequence values; policy_loss is the
   nanmean of the processes' values; policy_term / kl_term / entropy_term are means over
