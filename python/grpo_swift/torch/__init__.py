@@ -13,7 +13,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from ._advantages import group_advantages
 from ._fused_loss import FusedLinearGRPOLoss, fused_linear_grpo_loss
 from ._logprobs import fused_log_probs, selective_log_softmax
-from ._loss import GRPOLoss, grpo_loss, loss_with_config
+from ._loss import GRPOLoss, LossMetrics, grpo_loss, loss_with_config
 
-__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss",
+__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss", "LossMetrics",
            "FusedLinearGRPOLoss", "fused_linear_grpo_loss"]
