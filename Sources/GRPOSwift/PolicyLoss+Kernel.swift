@@ -96,12 +96,14 @@ public enum PolicyLoss {
         let mask = inp.mask
         let rowsPerChunk = Swift.max(1, tokensPerChunk / Swift.max(T, 1))
 
-        // 1. Row lengths and mask validation.
+        // 1. Row lengths and mask validation (a popcount over B*T bytes: in one chunk up to 1 MiB,
+        // where waking a worker thread costs more than the pass).
         var rowLen = [Int](repeating: 0, count: B)
         var badRow = [Bool](repeating: false, count: B)
+        let maskRowsPerChunk = n <= 1 << 20 ? B : rowsPerChunk
         rowLen.withUnsafeMutableBufferPointer { len in
             badRow.withUnsafeMutableBufferPointer { bad in
-                Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+                Parallel.forEachChunk(count: B, chunkSize: maskRowsPerChunk) { _, rows in
                     for i in rows {
                         // 8 bytes at a time: with 0/1 bytes the popcount is the count.
                         var c = 0, orBits: UInt64 = 0

@@ -88,21 +88,17 @@ def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool) -
     return frozenset(_METRIC_FIELDS.index(k) for k in names)
 
 
-def _mask_u8(mask: torch.Tensor, fn: str):
+def _mask_u8(mask: torch.Tensor, fn: str) -> np.ndarray:
     """The (B, T) mask as a uint8 0/1 buffer: in place for bool/uint8 (the kernel rejects any
-    byte other than 0/1), else converted (numpy, one pass each) after checking that it holds
-    only 0 and 1."""
+    byte other than 0/1), else converted in one pass after checking that it holds only 0 and 1
+    (TRL's int64 completion_mask: one B*T-byte copy)."""
     if mask.dtype in (torch.bool, torch.uint8):
         return buffer_of(mask.contiguous())
-    if mask.dtype == torch.bfloat16:  # numpy sees bfloat16 as int16 bits: compare as float32
+    if mask.dtype in (torch.bfloat16, torch.float16):  # exact in float32, which the converter reads
         mask = mask.float()
-    a = buffer_of(mask.contiguous())
-    with np.errstate(invalid="ignore"):
-        u8 = a.astype(np.uint8)
-    bad = (u8 != a) | (u8 > 1)
-    if bad.any():
-        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got {a[bad].flat[0].item()!r}")
-    return u8
+    out = np.empty(tuple(mask.shape), dtype=np.uint8)
+    _native.mask_u8(fn, "completion_mask", buffer_of(mask.contiguous()), out)
+    return out
 
 
 def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -306,38 +302,52 @@ class _EagerPolicyLoss(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         return loss, metrics
 
-    # The gradient carries no graph: a double backward would silently miss the second derivative,
-    # so it raises instead.
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_loss, g_metrics):
-        if g_loss is None:
-            return None, None, None
-        logps, entropies, old, ref, samp, adv, isr, _ = ctx.saved_tensors  # raises if modified in place
-        grads = ctx.grads
-        if grads is None:  # handed out by an earlier backward through this graph: recompute
-            call = ctx.call._replace(old=old, ref=ref, samp=samp, adv=adv, isr=isr)
-            out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
-            grads = (torch.empty(logps.shape, dtype=out_dtype),
-                     torch.empty(logps.shape, dtype=out_dtype) if call.with_h else None)
-            _run_kernel(call.fn, logps, old, ref, samp, entropies, adv, call.mask, isr, call.native, *grads)
-        ctx.grads = None
-        grad, grad_h = grads
-        d_lp = d_ent = None
-        if ctx.needs_input_grad[0]:
-            d_lp = _scale_owned(g_loss, grad, logps.dtype)
-        if ctx.needs_input_grad[1] and grad_h is not None:
-            d_ent = _scale_owned(g_loss, grad_h, entropies.dtype)
-        return d_lp, d_ent, None
+        # The gradient carries no graph: a double backward (create_graph=True, the only case with
+        # grad mode on here) would silently miss the second derivative, so once_differentiable
+        # makes it raise; a plain backward skips that wrapper's no_grad context.
+        if torch.is_grad_enabled():
+            return _eager_backward_once(ctx, g_loss, g_metrics)
+        return _eager_backward(ctx, g_loss, g_metrics)
+
+
+def _eager_backward(ctx, g_loss, g_metrics):
+    if g_loss is None:
+        return None, None, None
+    logps, entropies, old, ref, samp, adv, isr, _ = ctx.saved_tensors  # raises if modified in place
+    grads = ctx.grads
+    if grads is None:  # handed out by an earlier backward through this graph: recompute
+        call = ctx.call._replace(old=old, ref=ref, samp=samp, adv=adv, isr=isr)
+        out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
+        grads = (torch.empty(logps.shape, dtype=out_dtype),
+                 torch.empty(logps.shape, dtype=out_dtype) if call.with_h else None)
+        _run_kernel(call.fn, logps, old, ref, samp, entropies, adv, call.mask, isr, call.native, *grads)
+    ctx.grads = None
+    grad, grad_h = grads
+    d_lp = d_ent = None
+    if ctx.needs_input_grad[0]:
+        d_lp = _scale_owned(g_loss, grad, logps.dtype)
+    if ctx.needs_input_grad[1] and grad_h is not None:
+        d_ent = _scale_owned(g_loss, grad_h, entropies.dtype)
+    return d_lp, d_ent, None
+
+
+_eager_backward_once = once_differentiable(_eager_backward)
 
 
 def _scale_owned(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """g_loss * grad in `dtype`, where `grad` is a buffer nobody else holds: returned as it is for an
-    incoming gradient of 1, scaled in place (numpy, the same IEEE product as `_scale_eager`) for
-    another one, converted by `_scale_eager` for a 16-bit dtype."""
-    if dtype != grad.dtype:
-        return _scale_eager(g_loss, grad, dtype)
+    """g_loss * grad in `dtype` (the IEEE float product, then one rounding: the bits of `_scale`),
+    where `grad` is a buffer nobody else holds: returned as it is for an incoming gradient of 1,
+    else scaled in place; for a 16-bit dtype rounded into a new tensor by the Swift converter (one
+    SIMD pass; numpy has no bfloat16 and is slow for float16)."""
     s = g_loss.item()
+    if dtype != grad.dtype:
+        if grad.dtype != torch.float32:
+            return _scale_eager(g_loss, grad, dtype)
+        out = torch.empty(grad.shape, dtype=dtype)
+        _native.convert_f32("grpo_loss backward", grad.numpy(), s, buffer_of(out))
+        return out
     if s != 1.0:
         g = grad.numpy()
         np.multiply(g, g.dtype.type(s), out=g)
@@ -385,6 +395,18 @@ _EXTRA_METRICS = ("policy_loss", "policy_term", "kl_term", "entropy_term", "num_
 def _metric_names(config: LossConfig, has_ref: bool, has_ent: bool) -> tuple[str, ...]:
     # Called through the class: under torch.compile the config may be a traced constant without a source.
     return LossConfig.logged_metrics(config, has_ref, has_ent) + _EXTRA_METRICS
+
+
+def _eager_metric_names(config: LossConfig, has_ref: bool, has_ent: bool) -> tuple[str, ...]:
+    """_metric_names, memoised on the (frozen, validated) config object itself."""
+    cache = config.__dict__.get("_torch_metric_names")
+    if cache is None:
+        cache = {}
+        object.__setattr__(config, "_torch_metric_names", cache)
+    names = cache.get((has_ref, has_ent))
+    if names is None:
+        names = cache[(has_ref, has_ent)] = _metric_names(config, has_ref, has_ent)
+    return names
 
 
 class LossMetrics(Mapping[str, torch.Tensor]):
@@ -495,7 +517,6 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
     if not need:
         lp = lp.detach()
         ent = None if ent is None else ent.detach()
-    names = _metric_names(config, ref is not None, ent is not None)
     if torch.compiler.is_compiling():
         # The custom op is what torch.compile puts in the graph (no graph break).
         ints, floats = _split_config(config._native_args)
@@ -508,7 +529,7 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
             n_items = n_items.detach().reshape(()).to(torch.float64)
         loss, mvec, _, _ = _policy_loss_op(lp, adv, mask, old, ref, samp, ent, isr, n_items, ints, floats, need, fn)
         values = mvec.unbind(0)
-        return loss, {k: values[_METRIC_INDEX[k]] for k in names}
+        return loss, {k: values[_METRIC_INDEX[k]] for k in _metric_names(config, ref is not None, ent is not None)}
     # Eager: the same kernel without the dispatcher (a custom op call costs more Python than the
     # kernel takes at small sizes), through _EagerPolicyLoss when autograd needs the gradient.
     native = config._native_args
@@ -521,7 +542,7 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         loss, mvec = _EagerPolicyLoss.apply(lp, ent, call)
     else:
         loss, mvec = _run_kernel(fn, lp, old, ref, samp, ent, adv, mask_buf, isr, native, None, None)
-    return loss, LossMetrics(mvec, names)
+    return loss, LossMetrics(mvec, _eager_metric_names(config, ref is not None, ent is not None))
 
 
 def grpo_loss(per_token_logps: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor, *,
