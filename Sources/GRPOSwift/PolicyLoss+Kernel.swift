@@ -20,7 +20,7 @@ struct PolicyToken<R: LossReal> {
 
 public enum PolicyLoss {
     /// Tokens per parallel chunk (whole rows per chunk; results do not depend on it).
-    static let tokensPerChunk = 16384
+    static let tokensPerChunk = 8192
 
     /// Per-row partial sums, `RowStat.count` doubles per row.
     enum RowStat {

@@ -350,7 +350,8 @@ def _scale_owned(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -
         return out
     if s != 1.0:
         g = grad.numpy()
-        np.multiply(g, g.dtype.type(s), out=g)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # IEEE results, as torch's
+            np.multiply(g, g.dtype.type(s), out=g)
     return grad
 
 
