@@ -112,10 +112,6 @@ def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return r
 
 
-def _opt(t: Optional[torch.Tensor]):
-    return None if t is None else buffer_of(t)
-
-
 # Kept module-level (not inlined) so a test can wrap it and see the buffers the kernel reads.
 def _call_kernel(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, grad_h):
     return _native.policy_loss(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, grad_h)
@@ -134,8 +130,11 @@ def _run_kernel(fn: str, logps: torch.Tensor, old, ref, samp, ent, adv: torch.Te
     `grad` / `grad_h` when given and returns (loss 0-d tensor, metrics (17,) float64 in _METRIC_FIELDS order).
     The metrics this configuration does not log (NaN from the kernel) are 0, so that outputs compare
     equal across runs (NaN != NaN); they never reach the user."""
-    values = _call_kernel(fn, buffer_of(logps), _opt(old), _opt(ref), _opt(samp), _opt(ent), buffer_of(adv),
-                          mask if isinstance(mask, np.ndarray) else _mask_u8(mask, fn), _opt(isr), native,
+    values = _call_kernel(fn, buffer_of(logps), None if old is None else buffer_of(old),
+                          None if ref is None else buffer_of(ref), None if samp is None else buffer_of(samp),
+                          None if ent is None else buffer_of(ent), buffer_of(adv),
+                          mask if isinstance(mask, np.ndarray) else _mask_u8(mask, fn),
+                          None if isr is None else buffer_of(isr), native,
                           None if grad is None else grad.numpy(), None if grad_h is None else grad_h.numpy())
     metrics = np.array(values)
     metrics[_unlogged(native[0], native[_N_LEAD_INTS], ref is not None, ent is not None)] = 0.0
@@ -475,9 +474,12 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
     ref = _check_bt(ref_per_token_logps, fn, "ref_per_token_logps", lp)
     samp = _check_bt(sampling_logps, fn, "sampling_logps", lp)
     ent = _check_bt(entropies, fn, "entropies", lp)
-    for t, arg in ((old, "old_per_token_logps"), (ref, "ref_per_token_logps"), (samp, "sampling_logps")):
-        if t is not None:
-            _constant(t, fn, arg)
+    if old is not None:
+        _constant(old, fn, "old_per_token_logps")
+    if ref is not None:
+        _constant(ref, fn, "ref_per_token_logps")
+    if samp is not None:
+        _constant(samp, fn, "sampling_logps")
     aux = torch.float64 if lp.dtype == torch.float64 else torch.float32
     adv = _check_rows(advantages, fn, "advantages", B, T, aux)
     isr = _check_rows(importance_sampling_ratio, fn, "importance_sampling_ratio", B, T, aux)
