@@ -214,7 +214,7 @@ def main() -> None:
         print(f"  gradient in forward costs {1e6 * (t_kg - t_kn):.0f} us over loss only; recomputing it in "
               f"backward would cost {1e6 * t_kg:.0f} us")
         print(f"  time split: kernel {1e6 * t_kg:.0f} us + autograd.Function fwd+bwd {1e6 * (t_bare - t_kg):.0f} us "
-              f"+ grpo_swift's own Python {1e6 * (t_ours - t_bare):.0f} us; at most {t_eager / t_bare:.1f}x eager "
+              f"+ grpo_swift's own overhead {1e6 * (t_ours - t_bare):.0f} us; at most {t_eager / t_bare:.1f}x eager "
               f"with no overhead of our own")
 
 
