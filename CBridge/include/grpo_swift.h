@@ -475,6 +475,19 @@ grpo_status grpo_policy_loss(const grpo_loss_inputs *inputs, const grpo_loss_con
                              void *grad, void *grad_entropies, grpo_loss_metrics *metrics,
                              char *err, size_t errlen);
 
+/**
+ * Rounds a float32 array to another element type: out[i] = round(scale * in[i]), the product in
+ * float32, the rounding to nearest with ties to even (NaN stays a NaN, quiet for bfloat16;
+ * overflow gives +-inf). Hands a float32 gradient such as grpo_policy_loss's to a caller whose
+ * inputs are 16-bit: the same bits as torch's `(scale * g).to(dtype)`.
+ *
+ * out_dtype: GRPO_BF16 (out is uint16 bit patterns), GRPO_F16 or GRPO_F32; out has n elements
+ *            and must not overlap in (GRPO_F32 may be in-place: out == in).
+ * Single-threaded (a memory-bound pass). Errors: NULL, SHAPE (n < 0), DTYPE (out_dtype).
+ */
+grpo_status grpo_convert_f32(const float *in, ptrdiff_t n, float scale, int32_t out_dtype, void *out,
+                             char *err, size_t errlen);
+
 
 /* ==== log-probs: section owned by the log-prob kernels (issue 5) ==== */
 

@@ -23,7 +23,7 @@ struct PolicyToken<R: LossReal> {
 
 public enum PolicyLoss {
     /// Tokens per parallel chunk (whole rows per chunk; results do not depend on it).
-    static let tokensPerChunk = 16384
+    static let tokensPerChunk = 8192
 
     /// Per-row partial sums, `RowStat.count` doubles per row.
     enum RowStat {
@@ -101,12 +101,14 @@ public enum PolicyLoss {
         let mask = inp.mask
         let rowsPerChunk = Swift.max(1, tokensPerChunk / Swift.max(T, 1))
 
-        // 1. Row lengths and mask validation.
+        // 1. Row lengths and mask validation (a popcount over B*T bytes: in one chunk up to 1 MiB,
+        // where waking a worker thread costs more than the pass).
         var rowLen = [Int](repeating: 0, count: B)
         var badRow = [Bool](repeating: false, count: B)
+        let maskRowsPerChunk = n <= 1 << 20 ? B : rowsPerChunk
         try rowLen.withUnsafeMutableBufferPointer { (len) throws(GRPOError) in
             try badRow.withUnsafeMutableBufferPointer { (bad) throws(GRPOError) in
-                try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+                try Parallel.forEachChunk(count: B, chunkSize: maskRowsPerChunk) { _, rows in
                     for i in rows {
                         // 8 bytes at a time: with 0/1 bytes the popcount is the count.
                         var c = 0, orBits: UInt64 = 0
@@ -279,31 +281,23 @@ public enum PolicyLoss {
         // Row-shaped metric indicators (clip low/high, cispo, phi) per row, TRL's (B,1) case.
         var rowInd = [Double](repeating: 0, count: B * 4)
 
-        // The SIMD fast path (PolicyLoss+Fast.swift) covers the most common configuration.
-        let isF32 = S.self == Float.self
+        // The SIMD fast paths (PolicyLoss+Fast.swift) cover the most common configurations for
+        // float32, bfloat16 and float16 inputs.
+        let fastIn = FastPolicyLoss.Inputs(inp, grad: grad.flatMap { UnsafeMutableRawPointer($0.baseAddress) },
+                                           gradH: gradEntropies.flatMap { UnsafeMutableRawPointer($0.baseAddress) })
         let fastKind = lossType.isClipped ? 0 : lossType == .cispo ? 1 : lossType == .sapo ? 2 : -1
         // Options outside TRL's configuration (KL estimators other than k3, KL clamp, dual clip,
         // GMPO, sequence_token) are not implemented by the SIMD paths: scalar path.
         let scalarOnly = cfg.needsScalarPath
-        let fast = isF32 && T > 0 && !sequence && fastKind >= 0 && !advPerToken
+        let fast = fastIn != nil && T > 0 && !sequence && fastKind >= 0 && !advPerToken
             && !isPerToken && !scalarOnly
         let fastParams = FastPolicyLoss.Params(
             lo: Float(1.0 - cfg.epsilon), hi: Float(1.0 + cfg.resolvedEpsilonHigh),
             delta: Float(cfg.delta ?? 0), useDelta: useDelta, beta: Float(cfg.beta), bias: bias,
             useKL: useKL, kind: fastKind, epsH: Float(cfg.resolvedEpsilonHigh),
             tauPos: Float(cfg.sapoTemperaturePos), tauNeg: Float(cfg.sapoTemperatureNeg))
-        @inline(__always) func floats(_ b: UnsafeBufferPointer<S>?) -> UnsafePointer<Float>? {
-            b?.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }
-        }
-        @inline(__always) func mutableFloats(_ b: UnsafeMutableBufferPointer<R>?) -> UnsafeMutablePointer<Float>? {
-            b?.baseAddress.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self) }
-        }
         let gate = FastPolicyLoss.EntropyGate(
-            on: useEntropyMask, all0: entropyMaskAll0, thr: isF32 ? Float(entropyThreshold) : 0)
-        let fLp = floats(inp.logps), fOld = floats(inp.oldLogps), fRef = floats(inp.refLogps)
-        let fEnt = floats(inp.entropies)
-        let fGrad = mutableFloats(grad), fGradH = mutableFloats(gradEntropies)
-        let fMask = mask.baseAddress
+            on: useEntropyMask, all0: entropyMaskAll0, thr: fastIn != nil ? Float(entropyThreshold) : 0)
 
         try stats.withUnsafeMutableBufferPointer { (st) throws(GRPOError) in
         try rowInd.withUnsafeMutableBufferPointer { (ind) throws(GRPOError) in
@@ -372,14 +366,10 @@ public enum PolicyLoss {
                         ? (inp.importanceSamplingRatio.map { $0.value(i, as: R.self) } ?? 1) : 1
                     // float32 SIMD path for token-level rows (PolicyLoss+Fast.swift).
                     let keepRow = !offPolicy || advPerToken || aRow >= 0 || lowKL
-                    if fast, let fLp, let fMask {
-                        let lpRow = fLp + base
-                        let sums = FastPolicyLoss.row(
-                            lp: lpRow, old: fOld.map { $0 + base } ?? lpRow, ref: fRef.map { $0 + base } ?? lpRow,
-                            ent: fEnt.map { $0 + base }, mask: fMask + base, T: T, a: Float(aRow),
-                            f: Float(keepRow ? isrRow : 0), w: w,
-                            p: fastParams, gate: gate, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
-                            gradHValue: Float(entropyGrad))
+                    if fast, let fastIn {
+                        let sums = fastIn.row(
+                            base: base, T: T, a: Float(aRow), f: Float(keepRow ? isrRow : 0), w: w,
+                            p: fastParams, gate: gate, gradHValue: Float(entropyGrad))
                         let o = i * RowStat.count
                         st[o + RowStat.policy] = sums.policy
                         st[o + RowStat.kl] = sums.kl
@@ -406,18 +396,15 @@ public enum PolicyLoss {
                     var sRow = 0.0  // d loss / d r_i (sequence level)
 
                     // float32 SIMD path for such rows (PolicyLoss+Fast.swift).
-                    if isF32, let pc = rowPolicy, let fLp, let fMask, !scalarOnly,
+                    if let fastIn, T > 0, let pc = rowPolicy, !scalarOnly,
                        !isPerToken || lossType == .vespo, !useKL || !bias || sequence {
                         var f = isrRow
                         if offPolicy && !(aRow >= 0 || lowKL) { f = 0; dropped = L > 0 ? 1 : 0 }
-                        let lpRow = fLp + base
-                        let sums = FastPolicyLoss.rowConstant(
-                            lp: lpRow, ref: fRef.map { $0 + base } ?? lpRow, ent: fEnt.map { $0 + base },
-                            mask: fMask + base, T: T, w: w,
+                        let sums = fastIn.rowConstant(
+                            base: base, T: T, w: w,
                             lC: Float(linearInLp ? 0 : f * pc.l), lpCoef: Float(linearInLp ? f * pc.l : 0),
                             gDirect: Float(f * pc.dldlp), beta: Float(betaD), useKL: useKL, bias: bias,
-                            r: Float(rSeq), gate: gate, grad: fGrad.map { $0 + base }, gradH: fGradH.map { $0 + base },
-                            gradHValue: Float(entropyGrad))
+                            r: Float(rSeq), gate: gate, gradHValue: Float(entropyGrad))
                         let n = Double(L)
                         pol = sums.policy; klSum = sums.kl; entSum = sums.entropy; entEff = sums.entropyEff
                         nLow = pc.low ? n : 0; nHigh = pc.high ? n : 0; nRegion = (pc.low || pc.high) ? n : 0

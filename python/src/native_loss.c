@@ -155,9 +155,199 @@ exit:
     return result;
 }
 
+/*
+ * convert_f32(fn, src, scale, out) -> None
+ * out[i] = round(scale * src[i]) into out's element type: float32 'f', float16 'e' or bfloat16
+ * as int16/uint16 bits ('h'/'H'). src: C-contiguous float32; out: writable, same element count.
+ */
+static PyObject *loss_convert_f32(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "convert_f32() takes 4 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const char *fn = PyUnicode_Check(args[0]) ? PyUnicode_AsUTF8(args[0]) : NULL;
+    if (!fn) {
+        PyErr_SetString(PyExc_TypeError, "convert_f32(): argument 'fn' must be a str");
+        return NULL;
+    }
+    double scale;
+    if (gs_double_arg(args[2], fn, "scale", &scale) != 0) return NULL;
+    gs_buffers set = {.count = 0};
+    Py_buffer *src = gs_acquire(&set, args[1], fn, "src", GS_F32, -1, 0, 0);
+    Py_buffer *out = src ? gs_acquire(&set, args[3], fn, "out", GS_ANY_FLOAT, -1, 1, 0) : NULL;
+    if (!out) {
+        gs_release(&set);
+        return NULL;
+    }
+    int dtype = gs_float_dtype(out);
+    if (dtype == GRPO_F64 || gs_numel(out) != gs_numel(src)) {
+        gs_release(&set);
+        PyErr_Format(dtype == GRPO_F64 ? PyExc_TypeError : PyExc_ValueError,
+                     "%s(): argument 'out' must be a float32, float16 or bfloat16 buffer of %zd elements",
+                     fn, gs_numel(src));
+        return NULL;
+    }
+    char err[GS_ERRLEN] = {0};
+    grpo_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = grpo_convert_f32(src->buf, gs_numel(src), (float)scale, dtype, out->buf, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    return gs_finish(&set, st, fn, err);
+}
+
+/* The mask loops below are written to be vectorised; GCC does that at -O3 (the module builds at
+ * -O2), clang at -O2. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("O3")
+#endif
+
+/* Copies a 0/1 mask of n elements to uint8 and returns the index of the first other value, or -1:
+ * a branch-free pass over blocks of 256 elements, a block holding another value rescanned for its
+ * first one. Integer masks compare as unsigned (negatives count as large); float masks compare
+ * with 0 and 1 (NaN is another value). */
+#define GS_MASK_INT_FN(NAME, T, UT)                                                \
+    static Py_ssize_t NAME(const void *src, uint8_t *o, Py_ssize_t n) {            \
+        const T *p = (const T *)src;                                               \
+        for (Py_ssize_t b0 = 0; b0 < n; b0 += 256) {                               \
+            Py_ssize_t b1 = n - b0 < 256 ? n : b0 + 256;                           \
+            UT other = 0;                                                          \
+            for (Py_ssize_t i = b0; i < b1; i++) {                                 \
+                UT v = (UT)p[i];                                                   \
+                other |= v & (UT)~(UT)1;                                           \
+                o[i] = (uint8_t)v;                                                 \
+            }                                                                      \
+            for (Py_ssize_t i = b0; other && i < b1; i++) {                        \
+                if ((UT)p[i] > 1) return i;                                        \
+            }                                                                      \
+        }                                                                          \
+        return -1;                                                                 \
+    }
+
+#define GS_MASK_FLOAT_FN(NAME, T)                                                  \
+    static Py_ssize_t NAME(const void *src, uint8_t *o, Py_ssize_t n) {            \
+        const T *p = (const T *)src;                                               \
+        for (Py_ssize_t b0 = 0; b0 < n; b0 += 256) {                               \
+            Py_ssize_t b1 = n - b0 < 256 ? n : b0 + 256;                           \
+            int other = 0;                                                         \
+            for (Py_ssize_t i = b0; i < b1; i++) {                                 \
+                T v = p[i];                                                        \
+                int one = v == (T)1;                                               \
+                other |= !(one | (v == (T)0));                                     \
+                o[i] = (uint8_t)one;                                               \
+            }                                                                      \
+            for (Py_ssize_t i = b0; other && i < b1; i++) {                        \
+                if (!(p[i] == (T)0 || p[i] == (T)1)) return i;                     \
+            }                                                                      \
+        }                                                                          \
+        return -1;                                                                 \
+    }
+
+GS_MASK_INT_FN(mask_i8, int8_t, uint8_t)
+GS_MASK_INT_FN(mask_i16, int16_t, uint16_t)
+GS_MASK_INT_FN(mask_i32, int32_t, uint32_t)
+GS_MASK_INT_FN(mask_i64, int64_t, uint64_t)
+GS_MASK_FLOAT_FN(mask_f32, float)
+GS_MASK_FLOAT_FN(mask_f64, double)
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/*
+ * mask_u8(fn, arg, src, out) -> None
+ * Converts a C-contiguous mask of int8/int16/int32/int64, uint8, bool, float32 or float64 holding
+ * only 0 and 1 (-0.0 counts as 0) into the writable uint8 buffer out (same element count), in one
+ * pass. Any other value (NaN included) raises ValueError "fn(): argument 'arg' must hold only 0 and
+ * 1, got V" with the first such value.
+ */
+static PyObject *loss_mask_u8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "mask_u8() takes 4 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const char *fn = PyUnicode_Check(args[0]) ? PyUnicode_AsUTF8(args[0]) : NULL;
+    const char *arg = PyUnicode_Check(args[1]) ? PyUnicode_AsUTF8(args[1]) : NULL;
+    if (!fn || !arg) {
+        PyErr_SetString(PyExc_TypeError, "mask_u8(): arguments 'fn' and 'arg' must be str");
+        return NULL;
+    }
+    Py_buffer *src = NULL, *dst = NULL;
+    gs_buffers set = {.count = 0};
+    /* Any element type: acquired directly, the format is checked below. */
+    if (PyObject_GetBuffer(args[2], &set.views[0], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be a C-contiguous buffer", fn, arg);
+        return NULL;
+    }
+    set.count = 1;
+    src = &set.views[0];
+    dst = gs_acquire(&set, args[3], fn, "out", GS_U8, -1, 1, 0);
+    if (!dst) goto fail;
+    Py_ssize_t n = gs_numel(src);
+    if (gs_numel(dst) != n) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument 'out' must hold %zd elements", fn, n);
+        goto fail;
+    }
+    const char *f = src->format ? src->format : "B";
+    while (*f == '@' || *f == '=' || *f == '<' || *f == '!') f++;
+    char c = (f[0] && !f[1]) ? f[0] : '\0';
+    Py_ssize_t s = src->itemsize;
+    int kind;  /* 1 signed int, 2 unsigned int, 3 float32, 4 float64 */
+    if ((c == 'b' || c == 'h' || c == 'i' || c == 'l' || c == 'q') && (s == 1 || s == 2 || s == 4 || s == 8)) kind = 1;
+    else if ((c == 'B' || c == '?') && s == 1) kind = 2;
+    else if (c == 'f' && s == 4) kind = 3;
+    else if (c == 'd' && s == 8) kind = 4;
+    else {
+        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be an integer, bool, float32 or float64 mask, "
+                     "got format '%s'", fn, arg, src->format ? src->format : "B");
+        goto fail;
+    }
+    uint8_t *o = (uint8_t *)dst->buf;
+    Py_ssize_t bad = -1;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 1 && s == 1) bad = mask_i8(src->buf, o, n);
+    else if (kind == 1 && s == 2) bad = mask_i16(src->buf, o, n);
+    else if (kind == 1 && s == 4) bad = mask_i32(src->buf, o, n);
+    else if (kind == 1) bad = mask_i64(src->buf, o, n);
+    else if (kind == 2) bad = mask_i8(src->buf, o, n);  /* uint8/bool: the same bytes */
+    else if (kind == 3) bad = mask_f32(src->buf, o, n);
+    else bad = mask_f64(src->buf, o, n);
+    Py_END_ALLOW_THREADS
+    if (bad >= 0) {
+        const char *b = (const char *)src->buf + bad * s;
+        PyObject *v;
+        if (kind == 1) {
+            long long x = s == 1 ? *(const int8_t *)b : s == 2 ? *(const int16_t *)b
+                        : s == 4 ? *(const int32_t *)b : *(const int64_t *)b;
+            v = PyLong_FromLongLong(x);
+        } else if (kind == 2) {
+            v = PyLong_FromLong(*(const uint8_t *)b);
+        } else {
+            v = PyFloat_FromDouble(kind == 3 ? (double)*(const float *)b : *(const double *)b);
+        }
+        if (v) {
+            PyErr_Format(PyExc_ValueError, "%s(): argument '%s' must hold only 0 and 1, got %R", fn, arg, v);
+            Py_DECREF(v);
+        }
+        goto fail;
+    }
+    gs_release(&set);
+    Py_RETURN_NONE;
+fail:
+    gs_release(&set);
+    return NULL;
+}
+
 PyMethodDef gs_loss_methods[] = {
     {"policy_loss", (PyCFunction)(void (*)(void))loss_policy_loss, METH_FASTCALL,
      "policy_loss(fn, logps, old_logps, ref_logps, sampling_logps, entropies, advantages, mask, "
      "importance_sampling_ratio, config, out_grad, out_grad_entropies) -> tuple of 18 floats"},
+    {"convert_f32", (PyCFunction)(void (*)(void))loss_convert_f32, METH_FASTCALL,
+     "convert_f32(fn, src, scale, out) -> None: out = round(scale * src) in out's float type"},
+    {"mask_u8", (PyCFunction)(void (*)(void))loss_mask_u8, METH_FASTCALL,
+     "mask_u8(fn, arg, src, out) -> None: a 0/1 mask of any integer/bool/float type into uint8"},
     {NULL, NULL, 0, NULL},
 };

@@ -26,9 +26,9 @@ from ._estimators import (
 )
 from ._fused_loss import FusedLinearGRPOLoss, fused_linear_grpo_loss
 from ._logprobs import fused_log_probs, selective_log_softmax
-from ._loss import GRPOLoss, grpo_loss, loss_with_config
+from ._loss import GRPOLoss, LossMetrics, grpo_loss, loss_with_config
 
-__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss",
+__all__ = ["group_advantages", "selective_log_softmax", "fused_log_probs", "grpo_loss", "loss_with_config", "GRPOLoss", "LossMetrics",
            "FusedLinearGRPOLoss", "fused_linear_grpo_loss",
            # advantage estimators (torch/_estimators.py)
            "advantages", "dr_grpo_advantages", "rloo_advantages", "opo_advantages", "gpg_advantages",

@@ -10,7 +10,7 @@ shares storage and leaves the autograd graph untouched.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def check_tensor(t, func: str, arg: str, *, dtypes: Sequence[torch.dtype] = FLOA
     Returns it contiguous (a copy only when it was not)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{func}(): argument '{arg}' must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise TypeError(f"{func}(): argument '{arg}' is on device '{t.device}', but grpo_swift kernels "
                         f"run on CPU; move it with {arg}.cpu() (and the result back with .to(device))")
     if t.dtype not in dtypes:
@@ -53,14 +53,42 @@ def check_tensor(t, func: str, arg: str, *, dtypes: Sequence[torch.dtype] = FLOA
 
 
 def buffer_of(t: torch.Tensor) -> np.ndarray:
-    """A numpy array sharing `t`'s storage (bfloat16 as int16 bits). `t` must be contiguous CPU."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
+    """A numpy array sharing `t`'s storage (bfloat16 as int16 bits, bool as uint8). `t` must be
+    contiguous CPU."""
+    if t.requires_grad:
+        t = t.detach()
+    dtype = t.dtype
+    if dtype == torch.bfloat16:
         t = t.view(torch.int16)
-    elif t.dtype == torch.bool:
+    elif dtype == torch.bool:
         t = t.view(torch.uint8)
     return t.numpy()
 
 
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODE[t.dtype]
+
+
+def kernel_op(name: str, impl: Callable, fake: Callable, *, backward: Optional[Callable] = None,
+              setup_context: Optional[Callable] = None) -> Any:
+    """Registers a CPU kernel wrapper as the torch.library custom op `name` (`impl` computes real
+    outputs, `fake` their shapes and dtypes for tracing; `backward` / `setup_context` its autograd
+    formula, as torch.library.register_autograd takes them).
+
+    The pattern every torch-facing kernel of grpo_swift follows: the op is what
+    `torch.compile(fullgraph=True)` puts in the graph (no graph break, `torch.library.opcheck`
+    clean); eager calls skip the dispatcher, whose Python costs more than the kernels take at small
+    sizes, and call the same implementation directly (`call_kernel_op`), through an
+    autograd.Function of their own when a gradient is needed."""
+    op = torch.library.custom_op(name, impl, mutates_args=(), device_types="cpu")
+    op.register_fake(fake)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+def call_kernel_op(op: Any, eager: Callable, *args: Any) -> Any:
+    """`op(*args)` while torch.compile traces, `eager(*args)` otherwise (see `kernel_op`)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return eager(*args)

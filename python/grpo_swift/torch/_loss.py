@@ -35,7 +35,8 @@ import functools
 import math
 import numbers
 import types
-from typing import Any, Optional
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -43,9 +44,9 @@ from torch.autograd.function import once_differentiable
 
 from .. import _native
 from .._loss import _METRIC_FIELDS, LOSS_TYPES, LossConfig
-from ._interop import buffer_of, check_tensor
+from ._interop import buffer_of, check_tensor, kernel_op
 
-__all__ = ["grpo_loss", "loss_with_config", "GRPOLoss"]
+__all__ = ["grpo_loss", "loss_with_config", "GRPOLoss", "LossMetrics"]
 
 # Layout of LossConfig._native_args: 5 int32 flags/enums, 16 doubles, 4 Py_ssize_t, 3 int32 (kl_estimator,
 # use_kl_clamp, use_clip_ratio_c), then use_entropy_threshold (int32) and entropy_threshold (double).
@@ -54,6 +55,7 @@ _N_LEAD_INTS, _N_FLOATS, _N_MID_INTS, _N_TAIL_INTS = 5, 16, 4, 4
 _ENTROPY_COEF = 11          # index in _native_args
 _NUM_ITEMS = 18             # index in _native_args (num_items_in_batch; < 0: this call's tokens)
 _USE_CLIP_RATIO_C = 11      # index in the ints of _split_config (the dual-clip flag)
+_NATIVE_DUAL_CLIP = _N_LEAD_INTS + _N_FLOATS + _N_MID_INTS + 2  # the same flag in _native_args
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                 torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -98,21 +100,17 @@ def _logged_indices(loss_type: int, beta: float, has_ref: bool, has_ent: bool, d
     return frozenset(_METRIC_FIELDS.index(k) for k in names)
 
 
-def _mask_u8(mask: torch.Tensor, fn: str):
+def _mask_u8(mask: torch.Tensor, fn: str) -> np.ndarray:
     """The (B, T) mask as a uint8 0/1 buffer: in place for bool/uint8 (the kernel rejects any
-    byte other than 0/1), else converted (numpy, one pass each) after checking that it holds
-    only 0 and 1."""
+    byte other than 0/1), else converted in one pass after checking that it holds only 0 and 1
+    (TRL's int64 completion_mask: one B*T-byte copy)."""
     if mask.dtype in (torch.bool, torch.uint8):
         return buffer_of(mask.contiguous())
-    if mask.dtype == torch.bfloat16:  # numpy sees bfloat16 as int16 bits: compare as float32
+    if mask.dtype in (torch.bfloat16, torch.float16):  # exact in float32, which the converter reads
         mask = mask.float()
-    a = buffer_of(mask.contiguous())
-    with np.errstate(invalid="ignore"):
-        u8 = a.astype(np.uint8)
-    bad = (u8 != a) | (u8 > 1)
-    if bad.any():
-        raise ValueError(f"{fn}(): argument 'completion_mask' must hold only 0 and 1, got {a[bad].flat[0].item()!r}")
-    return u8
+    out = np.empty(tuple(mask.shape), dtype=np.uint8)
+    _native.mask_u8(fn, "completion_mask", buffer_of(mask.contiguous()), out)
+    return out
 
 
 def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -126,13 +124,50 @@ def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return r
 
 
-def _opt(t: Optional[torch.Tensor]):
-    return None if t is None else buffer_of(t.contiguous())
-
-
 # Kept module-level (not inlined) so a test can wrap it and see the buffers the kernel reads.
 def _call_kernel(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, grad_h):
     return _native.policy_loss(fn, lp, old, ref, samp, ent, adv, mask, isr, native_cfg, grad, grad_h)
+
+
+@functools.lru_cache(maxsize=64)
+def _unlogged(loss_type: int, beta: float, has_ref: bool, has_ent: bool, dual_clip: bool) -> np.ndarray:
+    """Indices (into _METRIC_FIELDS) of the metrics this configuration does not log."""
+    logged = _logged_indices(loss_type, beta, has_ref, has_ent, dual_clip)
+    return np.array([i for i in range(len(_METRIC_FIELDS)) if i not in logged], dtype=np.intp)
+
+
+def _run_kernel(fn: str, logps: torch.Tensor, old, ref, samp, ent, adv: torch.Tensor, mask, isr, native: tuple,
+                grad: Optional[torch.Tensor], grad_h: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One kernel call on validated contiguous CPU tensors (`mask` may already be a uint8 buffer): fills
+    `grad` / `grad_h` when given and returns (loss 0-d tensor, metrics (18,) float64 in _METRIC_FIELDS order).
+    The metrics this configuration does not log (NaN from the kernel) are 0, so that outputs compare
+    equal across runs (NaN != NaN); they never reach the user."""
+    values = _call_kernel(fn, buffer_of(logps), None if old is None else buffer_of(old),
+                          None if ref is None else buffer_of(ref), None if samp is None else buffer_of(samp),
+                          None if ent is None else buffer_of(ent), buffer_of(adv),
+                          mask if isinstance(mask, np.ndarray) else _mask_u8(mask, fn),
+                          None if isr is None else buffer_of(isr), native,
+                          None if grad is None else grad.numpy(), None if grad_h is None else grad_h.numpy())
+    metrics = np.array(values)
+    metrics[_unlogged(native[0], native[_N_LEAD_INTS], ref is not None, ent is not None,
+                      bool(native[_NATIVE_DUAL_CLIP]))] = 0.0
+    out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
+    return torch.scalar_tensor(values[0], dtype=out_dtype), torch.from_numpy(metrics)
+
+
+def _native_config(config_ints, config_floats, num_items_in_batch: Optional[torch.Tensor], fn: str) -> tuple:
+    """The C config tuple from the op's int/float lists, with a tensor num_items_in_batch substituted."""
+    native = _join_config(config_ints, config_floats)
+    if num_items_in_batch is not None:
+        native = native[:_NUM_ITEMS] + (_items_value(num_items_in_batch, fn),) + native[_NUM_ITEMS + 1:]
+    return native
+
+
+def _items_value(num_items_in_batch, fn: str) -> float:
+    n = float(num_items_in_batch.item())
+    if not n >= 0.0 or n == float("inf"):
+        raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a finite number >= 0, got {n}")
+    return n
 
 
 def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -144,36 +179,25 @@ def _policy_loss_impl(logps: torch.Tensor, advantages: torch.Tensor, mask: torch
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, metrics (18,) float64 in _METRIC_FIELDS order, grad (B,T) or (0,), grad_entropies
     (B,T) or (0,)). Inputs validated by the caller (dtypes, shapes, devices)."""
-    native = _join_config(config_ints, config_floats)
-    if num_items_in_batch is not None:
-        n = float(num_items_in_batch.item())
-        if not n >= 0.0 or n == float("inf"):
-            raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a finite number >= 0, got {n}")
-        native = native[:_NUM_ITEMS] + (n,) + native[_NUM_ITEMS + 1:]
+    native = _native_config(config_ints, config_floats, num_items_in_batch, fn)
     out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
     B, T = logps.shape
     grad = torch.empty((B, T) if compute_grad else (0,), dtype=out_dtype)
     with_h = compute_grad and config_floats[_ENTROPY_COEF - _N_LEAD_INTS] != 0.0
     grad_h = torch.empty((B, T) if with_h else (0,), dtype=out_dtype)
-    values = _call_kernel(fn, buffer_of(logps.contiguous()), _opt(old_logps), _opt(ref_logps),
-                          _opt(sampling_logps), _opt(entropies), buffer_of(advantages.contiguous()),
-                          _mask_u8(mask, fn), _opt(importance_sampling_ratio), native,
-                          grad.numpy() if compute_grad else None, grad_h.numpy() if with_h else None)
-    # The kernel reports the metrics this configuration does not log as NaN; they are 0 here so
-    # that the op's outputs compare equal across runs (NaN != NaN), and never reach the user.
-    logged = _logged_indices(config_ints[0], config_floats[0], ref_logps is not None, entropies is not None,
-                             bool(config_ints[_USE_CLIP_RATIO_C]))
-    values = [v if i in logged else 0.0 for i, v in enumerate(values)]
-    return (torch.tensor(values[0], dtype=out_dtype), torch.tensor(values, dtype=torch.float64), grad, grad_h)
+    loss, metrics = _run_kernel(fn, logps.contiguous(), _contiguous(old_logps), _contiguous(ref_logps),
+                                _contiguous(sampling_logps), _contiguous(entropies), advantages.contiguous(),
+                                mask.contiguous(), _contiguous(importance_sampling_ratio), native,
+                                grad if compute_grad else None, grad_h if with_h else None)
+    return loss, metrics, grad, grad_h
 
 
-_policy_loss_op = torch.library.custom_op("grpo_swift::policy_loss", _policy_loss_impl, mutates_args=(),
-                                          device_types="cpu")
+def _contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.contiguous()
 
 
-@_policy_loss_op.register_fake
-def _(logps, advantages, mask, old_logps, ref_logps, sampling_logps, entropies, importance_sampling_ratio,
-      num_items_in_batch, config_ints, config_floats, compute_grad, fn):
+def _policy_loss_fake(logps, advantages, mask, old_logps, ref_logps, sampling_logps, entropies,
+                      importance_sampling_ratio, num_items_in_batch, config_ints, config_floats, compute_grad, fn):
     out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
     B, T = logps.shape
     with_h = compute_grad and config_floats[_ENTROPY_COEF - _N_LEAD_INTS] != 0.0
@@ -231,13 +255,13 @@ def _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale):
     return d_lp, None, None, None, None, None, d_ent, None, None, None, None, None, None
 
 
-_policy_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_policy_loss_op = kernel_op("grpo_swift::policy_loss", _policy_loss_impl, _policy_loss_fake,
+                            backward=_backward, setup_context=_setup_context)
 
 
 class _PolicyLossFunction(torch.autograd.Function):
-    """The eager path: the op's implementation and autograd formula without the dispatcher. A
-    custom op call costs ~0.3 ms of Python (schema defaults, dispatch, autograd wrapper) -- more
-    than the kernel at B=8, T=128. Under torch.compile the custom op is used (see `_run`)."""
+    """The op's implementation and autograd formula as an autograd.Function, with the op's
+    arguments and outputs (a reference for tests; eager calls use `_EagerPolicyLoss`)."""
 
     @staticmethod
     def forward(ctx, *args):
@@ -253,15 +277,94 @@ class _PolicyLossFunction(torch.autograd.Function):
         return _backward(ctx, g_loss, g_metrics, g_grad, g_grad_h, scale=_scale_eager)
 
 
-def _run(*args):
-    """(loss, metrics, grad, grad_entropies): the custom op while torch.compile traces (it is what
-    makes the graph), the same implementation through autograd.Function in eager mode, and the
-    bare implementation when no gradient is needed."""
-    if torch.compiler.is_compiling():
-        return _policy_loss_op(*args)
-    if args[11]:  # compute_grad
-        return _PolicyLossFunction.apply(*args)
-    return _policy_loss_impl(*args)
+class _EagerCall(NamedTuple):
+    """Everything an eager loss call needs besides the differentiable tensors (validated inputs)."""
+    fn: str
+    old: Optional[torch.Tensor]
+    ref: Optional[torch.Tensor]
+    samp: Optional[torch.Tensor]
+    adv: torch.Tensor
+    mask: np.ndarray               # (B, T) uint8 0/1 buffer (a view of mask_tensor when it is bool/uint8)
+    mask_tensor: torch.Tensor      # the caller's mask (saved, so that an in-place change is detected)
+    isr: Optional[torch.Tensor]
+    native: tuple                  # the C config tuple
+    with_h: bool                   # compute the entropy-bonus gradient
+
+
+class _EagerPolicyLoss(torch.autograd.Function):
+    """The eager path: the kernel runs once in forward (loss, metrics and the analytic gradient in the
+    same pass) and backward hands that gradient buffer to autograd, so a training step pays for no
+    copy: with an incoming gradient of 1 (`loss.backward()`) the buffer itself becomes `.grad`
+    (AccumulateGrad adopts a tensor nobody else references), otherwise it is scaled in place. The
+    buffer is handed out once; a second backward through the same graph (retain_graph=True, or
+    gradcheck) recomputes the gradient from the saved, version-checked inputs. Under torch.compile
+    the custom op `grpo_swift::policy_loss` is used instead (see `loss_with_config`)."""
+
+    @staticmethod
+    def forward(ctx, logps, entropies, call: _EagerCall):
+        out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
+        grad = torch.empty(logps.shape, dtype=out_dtype)
+        grad_h = torch.empty(logps.shape, dtype=out_dtype) if call.with_h else None
+        loss, metrics = _run_kernel(call.fn, logps, call.old, call.ref, call.samp, entropies, call.adv, call.mask,
+                                    call.isr, call.native, grad, grad_h)
+        ctx.grads = (grad, grad_h)
+        ctx.call = call
+        ctx.save_for_backward(logps, entropies, call.old, call.ref, call.samp, call.adv, call.isr, call.mask_tensor)
+        ctx.mark_non_differentiable(metrics)
+        ctx.set_materialize_grads(False)
+        return loss, metrics
+
+    @staticmethod
+    def backward(ctx, g_loss, g_metrics):
+        # The gradient carries no graph: a double backward (create_graph=True, the only case with
+        # grad mode on here) would silently miss the second derivative, so once_differentiable
+        # makes it raise; a plain backward skips that wrapper's no_grad context.
+        if torch.is_grad_enabled():
+            return _eager_backward_once(ctx, g_loss, g_metrics)
+        return _eager_backward(ctx, g_loss, g_metrics)
+
+
+def _eager_backward(ctx, g_loss, g_metrics):
+    if g_loss is None:
+        return None, None, None
+    logps, entropies, old, ref, samp, adv, isr, _ = ctx.saved_tensors  # raises if modified in place
+    grads = ctx.grads
+    if grads is None:  # handed out by an earlier backward through this graph: recompute
+        call = ctx.call._replace(old=old, ref=ref, samp=samp, adv=adv, isr=isr)
+        out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
+        grads = (torch.empty(logps.shape, dtype=out_dtype),
+                 torch.empty(logps.shape, dtype=out_dtype) if call.with_h else None)
+        _run_kernel(call.fn, logps, old, ref, samp, entropies, adv, call.mask, isr, call.native, *grads)
+    ctx.grads = None
+    grad, grad_h = grads
+    d_lp = d_ent = None
+    if ctx.needs_input_grad[0]:
+        d_lp = _scale_owned(g_loss, grad, logps.dtype)
+    if ctx.needs_input_grad[1] and grad_h is not None:
+        d_ent = _scale_owned(g_loss, grad_h, entropies.dtype)
+    return d_lp, d_ent, None
+
+
+_eager_backward_once = once_differentiable(_eager_backward)
+
+
+def _scale_owned(g_loss: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """g_loss * grad in `dtype` (the IEEE float product, then one rounding: the bits of `_scale`),
+    where `grad` is a buffer nobody else holds: returned as it is for an incoming gradient of 1,
+    else scaled in place; for a 16-bit dtype rounded into a new tensor by the Swift converter (one
+    SIMD pass; numpy has no bfloat16 and is slow for float16)."""
+    s = g_loss.item()
+    if dtype != grad.dtype:
+        if grad.dtype != torch.float32:
+            return _scale_eager(g_loss, grad, dtype)
+        out = torch.empty(grad.shape, dtype=dtype)
+        _native.convert_f32("grpo_loss backward", grad.numpy(), s, buffer_of(out))
+        return out
+    if s != 1.0:
+        g = grad.numpy()
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # IEEE results, as torch's
+            np.multiply(g, g.dtype.type(s), out=g)
+    return grad
 
 
 def _constant(t, fn: str, arg: str) -> None:
@@ -307,13 +410,69 @@ def _metric_names(config: LossConfig, has_ref: bool, has_ent: bool) -> tuple[str
     return LossConfig.logged_metrics(config, has_ref, has_ent) + _EXTRA_METRICS
 
 
+def _eager_metric_names(config: LossConfig, has_ref: bool, has_ent: bool) -> tuple[str, ...]:
+    """_metric_names, memoised on the (frozen, validated) config object itself."""
+    cache = config.__dict__.get("_torch_metric_names")
+    if cache is None:
+        cache = {}
+        object.__setattr__(config, "_torch_metric_names", cache)
+    names = cache.get((has_ref, has_ent))
+    if names is None:
+        names = cache[(has_ref, has_ent)] = _metric_names(config, has_ref, has_ent)
+    return names
+
+
+class LossMetrics(Mapping[str, torch.Tensor]):
+    """The metrics of one eager `grpo_loss` call: a read-only mapping from TRL's metric names (and
+    grpo_swift's extras) to 0-d float64 tensors, backed by one (18,) float64 tensor (`vector`, in
+    grpo_swift's metric order). A value's 0-d tensor is a view created when it is first read, so a
+    training step that logs two metrics does not pay for thirteen tensor constructions.
+
+    It behaves like the dict the loss returned before (`metrics["kl"].item()`, `"kl" in metrics`,
+    iteration in a fixed order, `dict(metrics)`); `to_dict()` gives Python floats with one copy.
+    Under torch.compile the loss returns a plain dict of the same tensors instead (a traced
+    graph's outputs)."""
+
+    __slots__ = ("vector", "_names", "_views")
+
+    def __init__(self, vector: torch.Tensor, names: tuple[str, ...]) -> None:
+        self.vector = vector
+        self._names = names
+        self._views: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        view = self._views.get(name)
+        if view is None:
+            if name not in self._names:
+                raise KeyError(name)
+            view = self._views[name] = self.vector[_METRIC_INDEX[name]]
+        return view
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def to_dict(self) -> dict[str, float]:
+        """The metrics as Python floats (one copy of the vector)."""
+        values = self.vector.tolist()
+        return {k: values[_METRIC_INDEX[k]] for k in self._names}
+
+    def __repr__(self) -> str:
+        return f"LossMetrics({self.to_dict()!r})"
+
+
 def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor,
                      config: LossConfig, *, old_per_token_logps: Optional[torch.Tensor] = None,
                      ref_per_token_logps: Optional[torch.Tensor] = None, entropies: Optional[torch.Tensor] = None,
                      sampling_logps: Optional[torch.Tensor] = None,
                      importance_sampling_ratio: Optional[torch.Tensor] = None,
                      num_items_in_batch: Any = None, compute_grad: bool = True,
-                     fn: str = "loss_with_config") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     fn: str = "loss_with_config") -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
     """`grpo_loss` with the hyper-parameters as one `grpo_swift.LossConfig`.
 
     num_items_in_batch (a number or a 0-d tensor, as TRL passes it) overrides
@@ -328,9 +487,12 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
     ref = _check_bt(ref_per_token_logps, fn, "ref_per_token_logps", lp)
     samp = _check_bt(sampling_logps, fn, "sampling_logps", lp)
     ent = _check_bt(entropies, fn, "entropies", lp)
-    for t, arg in ((old, "old_per_token_logps"), (ref, "ref_per_token_logps"), (samp, "sampling_logps")):
-        if t is not None:
-            _constant(t, fn, arg)
+    if old is not None:
+        _constant(old, fn, "old_per_token_logps")
+    if ref is not None:
+        _constant(ref, fn, "ref_per_token_logps")
+    if samp is not None:
+        _constant(samp, fn, "sampling_logps")
     aux = torch.float64 if lp.dtype == torch.float64 else torch.float32
     if advantages is None:
         raise TypeError(f"{fn}(): argument 'advantages' must be a torch.Tensor, got None")
@@ -354,17 +516,14 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
                          f"of shape ({B}, {T}), got {tuple(isr.shape)}")
     if not isinstance(compute_grad, bool):
         raise TypeError(f"{fn}(): argument 'compute_grad' must be a bool, got {type(compute_grad).__name__}")
-    n_items = None
-    ints, floats = _split_config(config._native_args)
+    n_items: Any = None
     if isinstance(num_items_in_batch, torch.Tensor):
         if num_items_in_batch.numel() != 1:
             raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a number or a one-element tensor, "
                              f"got shape {tuple(num_items_in_batch.shape)}")
         if num_items_in_batch.device.type == "meta":
             raise TypeError(f"{fn}(): argument 'num_items_in_batch' is a meta tensor (no value)")
-        if num_items_in_batch.device.type != "cpu":
-            num_items_in_batch = num_items_in_batch.cpu()
-        n_items = num_items_in_batch.detach().reshape(()).to(torch.float64)
+        n_items = num_items_in_batch
     elif num_items_in_batch is not None:
         n = num_items_in_batch
         if isinstance(n, bool) or not isinstance(n, numbers.Real):
@@ -372,23 +531,45 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
                             f"got {type(n).__name__}")
         if not math.isfinite(n) or n < 0:
             raise ValueError(f"{fn}(): argument 'num_items_in_batch' must be a finite number >= 0, got {n}")
-        floats[_NUM_ITEMS - _N_LEAD_INTS] = float(n)
+        n_items = float(n)
     need = compute_grad and torch.is_grad_enabled() and (
         lp.requires_grad or (ent is not None and config.entropy_coef != 0.0 and ent.requires_grad))
     if not need:
         lp = lp.detach()
         ent = None if ent is None else ent.detach()
-    loss, mvec, _, _ = _run(lp, adv, mask, old, ref, samp, ent, isr, n_items, ints, floats, need, fn)
-    values = mvec.unbind(0)
-    names = _metric_names(config, ref is not None, ent is not None)
-    return loss, {k: values[_METRIC_INDEX[k]] for k in names}
+    if torch.compiler.is_compiling():
+        # The custom op is what torch.compile puts in the graph (no graph break).
+        ints, floats = _split_config(config._native_args)
+        if isinstance(n_items, float):
+            floats[_NUM_ITEMS - _N_LEAD_INTS] = n_items
+            n_items = None
+        elif n_items is not None:
+            if n_items.device.type != "cpu":
+                n_items = n_items.cpu()
+            n_items = n_items.detach().reshape(()).to(torch.float64)
+        loss, mvec, _, _ = _policy_loss_op(lp, adv, mask, old, ref, samp, ent, isr, n_items, ints, floats, need, fn)
+        values = mvec.unbind(0)
+        return loss, {k: values[_METRIC_INDEX[k]] for k in _metric_names(config, ref is not None, ent is not None)}
+    # Eager: the same kernel without the dispatcher (a custom op call costs more Python than the
+    # kernel takes at small sizes), through _EagerPolicyLoss when autograd needs the gradient.
+    native = config._native_args
+    if n_items is not None:
+        n = n_items if isinstance(n_items, float) else _items_value(n_items, fn)
+        native = native[:_NUM_ITEMS] + (n,) + native[_NUM_ITEMS + 1:]
+    mask_buf = _mask_u8(mask, fn)
+    if need:
+        call = _EagerCall(fn, old, ref, samp, adv, mask_buf, mask, isr, native, config.entropy_coef != 0.0)
+        loss, mvec = _EagerPolicyLoss.apply(lp, ent, call)
+    else:
+        loss, mvec = _run_kernel(fn, lp, old, ref, samp, ent, adv, mask_buf, isr, native, None, None)
+    return loss, LossMetrics(mvec, _eager_metric_names(config, ref is not None, ent is not None))
 
 
 def grpo_loss(per_token_logps: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor, *,
               old_per_token_logps: Optional[torch.Tensor] = None, ref_per_token_logps: Optional[torch.Tensor] = None,
               entropies: Optional[torch.Tensor] = None, sampling_logps: Optional[torch.Tensor] = None,
               importance_sampling_ratio: Optional[torch.Tensor] = None, compute_grad: bool = True,
-              **options: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              **options: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
     """TRL 1.16's GRPO policy loss (`GRPOTrainer._compute_loss`) on torch tensors, differentiable.
 
     Args:
@@ -449,7 +630,7 @@ class GRPOLoss(torch.nn.Module):
                 ref_per_token_logps: Optional[torch.Tensor] = None, entropies: Optional[torch.Tensor] = None, *,
                 sampling_logps: Optional[torch.Tensor] = None,
                 importance_sampling_ratio: Optional[torch.Tensor] = None,
-                num_items_in_batch: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                num_items_in_batch: Any = None) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
         return loss_with_config(per_token_logps, advantages, completion_mask, self.config,
                                 old_per_token_logps=old_per_token_logps, ref_per_token_logps=ref_per_token_logps,
                                 entropies=entropies, sampling_logps=sampling_logps,
