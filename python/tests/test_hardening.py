@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -124,7 +125,7 @@ def _tensor_bits(*ts) -> tuple:
 
     out = []
     for v in ts:
-        if isinstance(v, dict):
+        if isinstance(v, Mapping):  # dicts and grpo_swift.torch.LossMetrics
             out.extend(_tensor_bits(*[v[k] for k in sorted(v)]))
         elif isinstance(v, (list, tuple)):
             out.extend(_tensor_bits(*v))
