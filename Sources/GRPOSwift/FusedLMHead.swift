@@ -337,6 +337,26 @@ public enum FusedLMHead {
     static func foldForward(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ bias: UnsafePointer<Float>?,
                             _ p: Plan, target: Int, m: inout Float, s: inout Float, t: inout Float,
                             zy: inout Float) {
+        let bm = transformRow(row, n, bias, p, target: target, zy: &zy)
+        let newM = Swift.max(m, bm)
+        if newM == -.infinity { return }
+        if newM > m && s > 0 {
+            let d = (m - newM) * p.invT
+            let c = vexp(d)
+            t = c * (t + d * s)
+            s = c * s
+        }
+        m = newM
+        let (cs, ct) = expSums(row, n, max: m, p, storeExp: false)
+        s += cs
+        t += ct
+    }
+
+    /// Applies bias, scale and softcap to one row chunk in place (x -> y) and returns max y; zy
+    /// receives y at `target` when the target falls in the chunk.
+    @inline(__always)
+    static func transformRow(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ bias: UnsafePointer<Float>?,
+                             _ p: Plan, target: Int, zy: inout Float) -> Float {
         var vm = SIMD8<Float>(repeating: -.infinity)
         var j = 0
         while j + 8 <= n {
@@ -357,23 +377,23 @@ public enum FusedLMHead {
             j += 1
         }
         if target >= 0 && target < n { zy = row[target] }
-        let newM = Swift.max(m, bm)
-        if newM == -.infinity { return }
-        if newM > m && s > 0 {
-            let d = (m - newM) * p.invT
-            let c = vexp(d)
-            t = c * (t + d * s)
-            s = c * s
-        }
-        m = newM
+        return bm
+    }
+
+    /// Over one chunk of y: (sum e^d, sum e^d d) with d = max((y - m) / tau, -128), in SIMD8
+    /// lanes summed at the end. With `storeExp` the chunk is overwritten with e^d.
+    @inline(__always)
+    static func expSums(_ row: UnsafeMutablePointer<Float>, _ n: Int, max m: Float, _ p: Plan,
+                        storeExp: Bool) -> (s: Float, t: Float) {
         let negM = SIMD8<Float>(repeating: -m), it = SIMD8<Float>(repeating: p.invT)
         let floor = SIMD8<Float>(repeating: -128)
         var vs = SIMD8<Float>(), vt = SIMD8<Float>()
-        j = 0
+        var j = 0
         while j + 8 <= n {
             var d = (Float.load8(row + j) + negM) * it
             d.replace(with: floor, where: d .< floor)
             let e = simdExp(d)
+            if storeExp { Float.store8(e, row + j) }
             vs += e
             vt = vt.addingProduct(e, d)
             j += 8
@@ -385,9 +405,9 @@ public enum FusedLMHead {
             let e = simdExp(d)
             vs += e
             vt = vt.addingProduct(e, d)
+            if storeExp { for k in 0..<(n - j) { row[j + k] = e[k] } }
         }
-        s += laneSum(vs)
-        t += laneSum(vt)
+        return (laneSum(vs), laneSum(vt))
     }
 
     // MARK: backward

@@ -295,51 +295,8 @@ extension FusedLinearLoss {
     static func foldChunk(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ bias: UnsafePointer<Float>?,
                           _ p: FusedLMHead.Plan, target: Int, storeExp: Bool, m: inout Float, s: inout Float,
                           t: inout Float, zy: inout Float) {
-        var vm = SIMD8<Float>(repeating: -.infinity)
-        var j = 0
-        while j + 8 <= n {
-            var x = Float.load8(row + j)
-            if let bias { x += Float.load8(bias + j) }
-            let z = FusedLMHead.transform(x, p)
-            Float.store8(z, row + j)
-            vm = vm.replacing(with: z, where: vm .< z)
-            j += 8
-        }
-        var bm = laneMax(vm)
-        while j < n {
-            var x = row[j]
-            if let bias { x += bias[j] }
-            let z = FusedLMHead.transformScalar(x, p)
-            row[j] = z
-            if z > bm { bm = z }
-            j += 1
-        }
-        if target >= 0 && target < n { zy = row[target] }
-        m = bm
-        let negM = SIMD8<Float>(repeating: -bm), it = SIMD8<Float>(repeating: p.invT)
-        let floor = SIMD8<Float>(repeating: -128)
-        var vs = SIMD8<Float>(), vt = SIMD8<Float>()
-        j = 0
-        while j + 8 <= n {
-            var d = (Float.load8(row + j) + negM) * it
-            d.replace(with: floor, where: d .< floor)
-            let e = simdExp(d)
-            if storeExp { Float.store8(e, row + j) }
-            vs += e
-            vt = vt.addingProduct(e, d)
-            j += 8
-        }
-        if j < n {
-            var d = floor
-            for q in 0..<(n - j) { d[q] = (row[j + q] - bm) * p.invT }
-            d.replace(with: floor, where: d .< floor)
-            let e = simdExp(d)
-            vs += e
-            vt = vt.addingProduct(e, d)
-            if storeExp { for q in 0..<(n - j) { row[j + q] = e[q] } }
-        }
-        s = laneSum(vs)
-        t = laneSum(vt)
+        m = FusedLMHead.transformRow(row, n, bias, p, target: target, zy: &zy)
+        (s, t) = FusedLMHead.expSums(row, n, max: m, p, storeExp: storeExp)
     }
 
     /// Combines one row's per-chunk (m, s, t) in chunk order into lp, H and the log-sum-exp; with

@@ -32,35 +32,7 @@ struct FusedLinearLossResidentTests {
         let c = FusedLossCase(bias: which % 2 == 0, seed: UInt64(200 + which))
         // 3 sequences in blocks of at most 2: two uneven blocks (1 and 2 sequences).
         let r = try c.run(config, budget: try Self.budget(c, sequences: 2, config: config))
-        var h = c.hidden.map(Double.init), w = c.weight.map(Double.init)
-        var b = c.bias?.map(Double.init)
-        let (loss0, g0) = try c.referenceLoss(hidden: h, weight: w, bias: b, config: config, wantGrad: true)
-        #expect(abs(r.loss - loss0) <= 1e-5 * max(1, abs(loss0)))
-        let frozen: [Double]? = type == .cispo || type == .vespo ? g0 : nil
-        let eps = 1e-6
-        func fd(_ x: inout [Double], _ i: Int, _ f: ([Double]) throws -> Double) rethrows -> Double {
-            let s = x[i]
-            x[i] = s + eps; let p = try f(x)
-            x[i] = s - eps; let m = try f(x)
-            x[i] = s
-            return (p - m) / (2 * eps)
-        }
-        let gh = try (0..<h.count).map { i in
-            try fd(&h, i) { hh in try c.referenceLoss(hidden: hh, weight: w, bias: b, config: config, frozen: frozen).loss }
-        }
-        let gw = try (0..<w.count).map { i in
-            try fd(&w, i) { ww in try c.referenceLoss(hidden: h, weight: ww, bias: b, config: config, frozen: frozen).loss }
-        }
-        #expect(relativeError(r.gradHidden, gh) < 1e-4)
-        #expect(relativeError(r.gradWeight, gw) < 1e-4)
-        #expect(gh.contains { $0 != 0 })
-        if var bb = b, let rb = r.gradBias {
-            let gb = try (0..<bb.count).map { i in
-                try fd(&bb, i) { x in try c.referenceLoss(hidden: h, weight: w, bias: x, config: config, frozen: frozen).loss }
-            }
-            b = bb
-            #expect(relativeError(rb, gb) < 1e-4)
-        }
+        try c.checkFiniteDifferences(r, config: config)
     }
 
     /// head variants: 0 plain (stored exp), 1 softcap + scale + temperature (recomputed from y),
