@@ -172,7 +172,7 @@ def main() -> None:
     if quick():
         run(256, 128, 4096, 2, True, True, liger_compiled=False)
         return
-    run(2048, 896, 32768, 3, True, True)
+    run(2048, 896, 32768, 5, True, True)
     # V=151936: one round without warm-up (each call takes minutes on a loaded 2-core machine);
     # Liger eager only (its torch.compile would be timed with the compilation).
     run(2048, 896, 151936, 1, False, False, liger_compiled=False)
