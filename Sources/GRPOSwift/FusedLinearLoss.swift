@@ -104,7 +104,7 @@ public enum FusedLinearLoss {
         let perRow = 24 + (refFromHidden ? 4 : 0)
         let rowsBytes = try checkedProduct(rows, perRow, what: "per-row scratch")
         let (s, o) = tile.addingReportingOverflow(rowsBytes)
-        guard !o else { throw GRPOError(.shape, "scratch size overflows") }
+        guard !o else { throw GRPOError(.overflow, "scratch size overflows") }
         return s
     }
 

@@ -1,6 +1,6 @@
 """Hardening of every public kernel (numpy API, estimators, fused linear loss, torch layer): real
 concurrency (the GIL is released), no leaks, bitwise determinism across kernel thread counts,
-inputs never mutated.
+inputs never mutated, size products that overflow refused and more than 2^31 elements per call handled.
 
 Sizes are bounded so this file runs in a few minutes; GRPO_HARDENING_SCALE=10 runs the full
 budgets of issue 10 (8 threads x 1000 calls, 100,000 calls per kernel for the leak check;
@@ -324,3 +324,42 @@ def test_torch_inputs_are_never_mutated():
     # the kernels' own tensors (built from x) are unchanged too
     for k, v in _inputs(2).items():
         assert x[k].tobytes() == v.tobytes(), f"numpy input '{k}' was mutated"
+
+
+# -- sizes ---------------------------------------------------------------------------------------
+
+def test_size_products_that_overflow_are_refused_before_allocation():
+    # Products of sizes beyond int64 are refused with the product named, nothing allocated.
+    for call in (lambda: grpo_swift.fused_log_probs_scratch_bytes(2**62, 4096, 2),
+                 lambda: grpo_swift.fused_linear_loss_scratch_bytes(2**62, 4, 896, 151936),
+                 lambda: grpo_swift.fused_linear_loss_scratch_bytes(2**30, 2**30, 1, 1)):
+        with pytest.raises((OverflowError, ValueError), match="overflow"):
+            call()
+
+
+def test_more_than_2_31_logits_in_one_call_are_handled():
+    """The fused LM head over N x V = (2^15 + 97) x 2^16 > 2^31 logits (never materialised; H = 1),
+    forward and backward: every row equals its closed form, so no 32-bit index wraps.
+    logits_ij = s_i * j / V: the log-sum-exp over j is a geometric series and d lp_i / d s_i =
+    (y_i - E[j]) / V. The slopes repeat with period 97 rows and the labels are spread, so a
+    wrapped row or column offset shows. About 10 s on 2 cores."""
+    n, v = 2**15 + 97, 2**16
+    assert n * v > 2**31
+    rows = np.arange(n, dtype=np.float64)
+    s = ((rows % 97) - 48.0) / 8.0          # slopes in [-6, 6] (0 included)
+    y = ((rows * 40503) % v).astype(np.int64)
+    hidden = s.astype(np.float32)[:, None]
+    weight = (np.arange(v, dtype=np.float64) / v).astype(np.float32)[:, None]  # exact: j / 2^16
+    fwd = grpo_swift.fused_log_probs_forward(hidden, weight, y)
+    step = s / v                             # logits_ij = step_i * j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q, qv = np.expm1(step), np.expm1(step * v)   # e^step - 1, e^(step V) - 1
+        lse = np.where(step == 0, np.log(v), np.log(qv / q))
+        # E[j] under p_j ~ e^(step j): q'/(1-q') - V q'^V / (1 - q'^V) with q' = e^step
+        mean_j = np.where(step == 0, (v - 1) / 2, (q + 1) / -q - v * (qv + 1) / -qv)
+    np.testing.assert_allclose(fwd.log_probs, s * (y / v) - lse, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(fwd.logsumexp, lse, rtol=0, atol=2e-3)
+    g_hidden, g_weight, _ = grpo_swift.fused_log_probs_backward(hidden, weight, y, np.ones(n, np.float32),
+                                                                logsumexp=fwd.logsumexp)
+    np.testing.assert_allclose(g_hidden[:, 0], (y - mean_j) / v, rtol=0, atol=2e-3)
+    assert g_weight.shape == (v, 1) and np.isfinite(g_weight).all()
