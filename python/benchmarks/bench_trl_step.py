@@ -206,6 +206,12 @@ def main(argv: list[str]) -> int:
           f"{min(c_stock) / min(c_swift):>9.2f}x{statistics.median(c_stock) / statistics.median(c_swift):>11.2f}x")
     print("per-step wall (s): stock " + " ".join(f"{t:.2f}" for t in t_stock) + " | swift "
           + " ".join(f"{t:.2f}" for t in t_swift))
+    ratio = statistics.median(t_stock) / statistics.median(t_swift)
+    print(f"TRL GRPO step, Qwen2 V={vocab} H={hidden}, batch {a.batch}, {clen} completion tokens, "
+          f"loss_type={a.loss_type}")
+    print(f"  goal >= 1.3x faster per optimizer step (median wall) with the same metrics: "
+          f"{'MET' if ratio >= 1.3 and same else 'NOT MET'} ({ratio:.2f}x; same completions {same}, "
+          f"max |loss diff| {worst_loss:.1e}, max rel grad-norm diff {worst_gn:.1e})")
     mc = model_call_only(vocab_size=vocab, hidden=hidden, prompt_len=plen, completion_len=clen, batch=a.batch,
                          repeats=2 if quick() or a.quick else 5)
     print(f"\ntraining model call only (backbone + LM head log-probs/entropy, forward + backward), "
