@@ -11,7 +11,7 @@
 // garbage never reaches a sum). A block whose valid lanes give a non-finite value, and the
 // T mod 8 tail of a row, run through `scalarToken` (the maths of the generic kernel in
 // PolicyLoss+Kernel.swift, one token at a time). Sums are kept in SIMD8<Float> for at most
-// `flushBlocks` blocks (128 tokens) and then added to per-row SIMD8<Double> partials, so no
+// `flushBlocks` (+1) blocks (~128 tokens) and then added to per-row SIMD8<Double> partials, so no
 // lane is converted to Double per token; a row's partials depend only on the row, hence the
 // results are bitwise identical for any thread count.
 //
@@ -79,9 +79,12 @@ enum FastShapeFull: FastRowShape { static var kl: Bool { false }; static var ext
 enum FastShapeFullKL: FastRowShape { static var kl: Bool { true }; static var extras: Bool { true } }
 
 /// The policy part of the token-level loss (see `FastPolicyLoss.row`): 0 the clipped family,
-/// 1 cispo, 2 sapo (a compile-time constant of each specialisation).
-protocol FastPolicyKind { static var id: Int { get } }
+/// 1 cispo, 2 sapo (a compile-time constant of each specialisation). `delta`: the clipped
+/// family with the delta cap (without it the capped ratio is the ratio itself).
+protocol FastPolicyKind { static var id: Int { get }; static var delta: Bool { get } }
+extension FastPolicyKind { static var delta: Bool { false } }
 enum FastClipped: FastPolicyKind { static var id: Int { 0 } }
+enum FastClippedDelta: FastPolicyKind { static var id: Int { 0 }; static var delta: Bool { true } }
 enum FastCispo: FastPolicyKind { static var id: Int { 1 } }
 enum FastSapo: FastPolicyKind { static var id: Int { 2 } }
 
@@ -115,18 +118,26 @@ enum FastPolicyLoss {
 
     /// Splatted per-row constants of the policy maths.
     struct RowConstants {
-        var a: F8, lo: F8, hi: F8, epsH: F8, tau: F8
+        /// na = -a: the loss and gradient are negated products, -(x a) = x (-a) bit for bit.
+        var a: F8, na: F8, lo: F8, hi: F8, epsH: F8, tau: F8
         /// delta, or +inf without the delta cap (r >= +inf only for r = +inf, whose block is
         /// not finite and redone in scalar code).
         var delta: F8
         /// The clip metric counts c1 < lowCount (lo when A < 0, else -inf) and c1 > highCount
         /// (hi when A > 0, else +inf); cispo counts r > highCount (eps_high when A > 0).
         var lowCount: F8, highCount: F8
+        /// The negated tie gradient -a (dc1 + dc2) / 2 without the delta cap (dc1 = 1):
+        /// nTie1 when dc2 = 0, nTie2 when dc2 = 1 (the same float operations, per row).
+        var nTie1: F8, nTie2: F8
         var aNeg: Bool, aPos: Bool
 
         @_transparent
         init(a: Float, p: Params) {
             self.a = F8(repeating: a)
+            na = F8(repeating: -a)
+            let one: Float = 1, two: Float = 2
+            nTie1 = F8(repeating: -a * one * 0.5)
+            nTie2 = F8(repeating: -a * two * 0.5)
             lo = F8(repeating: p.lo)
             hi = F8(repeating: p.hi)
             epsH = F8(repeating: p.epsH)
@@ -241,10 +252,10 @@ enum FastPolicyLoss {
     /// Lanes whose mask byte is non-zero (the bytes of m8 in memory order).
     @_transparent
     static func laneMask(_ m8: UInt64) -> M8 {
-        let lo = UInt32(truncatingIfNeeded: m8), hi = UInt32(truncatingIfNeeded: m8 &>> 32)
-        let v = SIMD8<UInt32>(lo, lo, lo, lo, hi, hi, hi, hi)
-        let byte = SIMD8<UInt32>(0xFF, 0xFF00, 0xFF_0000, 0xFF00_0000, 0xFF, 0xFF00, 0xFF_0000, 0xFF00_0000)
-        return (v & byte) .!= SIMD8<UInt32>()
+        let b = unsafeBitCast(m8, to: SIMD8<UInt8>.self)  // byte k: lane k (little-endian words)
+        let v = SIMD8<Int32>(Int32(b[0]), Int32(b[1]), Int32(b[2]), Int32(b[3]), Int32(b[4]), Int32(b[5]),
+                             Int32(b[6]), Int32(b[7]))
+        return v .!= SIMD8<Int32>()
     }
 
     /// 1 in the lanes of `m`, else 0.
@@ -491,10 +502,22 @@ enum FastPolicyLoss {
     ) -> RowSums {
         let extras = ptr.ent != nil || gate.on || ptr.gradH != nil || (p.useKL && p.bias)
         switch (p.kind, p.useKL, extras) {
-        case (0, false, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeLean.self)
-        case (0, true, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeLeanKL.self)
-        case (0, false, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeFull.self)
-        case (0, true, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeFullKL.self)
+        case (0, false, false):
+            return p.useDelta
+                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeLean.self)
+                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeLean.self)
+        case (0, true, false):
+            return p.useDelta
+                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeLeanKL.self)
+                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeLeanKL.self)
+        case (0, false, true):
+            return p.useDelta
+                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeFull.self)
+                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeFull.self)
+        case (0, true, true):
+            return p.useDelta
+                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeFullKL.self)
+                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeFullKL.self)
         case (1, false, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeLean.self)
         case (1, true, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeLeanKL.self)
         case (1, false, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeFull.self)
@@ -506,20 +529,26 @@ enum FastPolicyLoss {
         }
     }
 
-    /// Float partial sums of a row (flushed every `flushBlocks` committed blocks) and their
-    /// Double totals. A plain struct local to the row loop, so its fields stay in registers.
+    /// Float partial sums of a row (flushed once `flushBlocks` blocks have been committed, so
+    /// at most flushBlocks + 1 blocks are summed in Float) and their Double totals. A plain
+    /// struct local to the row loop. `cnt` counts lanes as integers: a counted lane's mask
+    /// word (-1) is subtracted, one vpsubd instead of a select and a float add.
     struct Partials {
-        var pol = F8(), kl = F8(), raw = F8(), ent = F8(), eff = F8(), cnt = F8()
+        var pol = F8(), kl = F8(), raw = F8(), ent = F8(), eff = F8(), cnt = SIMD8<Int32>()
         var polD = SIMD8<Double>(), klD = SIMD8<Double>(), rawD = SIMD8<Double>(), entD = SIMD8<Double>()
         var effD = SIMD8<Double>(), cntD = 0.0
         var pending = 0
 
-        /// Counts a committed block; flushes after `flushBlocks` of them.
+        /// Counts `blocks` committed blocks; flushes once `flushBlocks` are pending.
         @_transparent
-        mutating func committed(kl useKL: Bool, raw useRaw: Bool, ent useEnt: Bool) {
-            pending += 1
-            if pending == flushBlocks { flush(kl: useKL, raw: useRaw, ent: useEnt) }
+        mutating func committed(_ blocks: Int = 1, kl useKL: Bool, raw useRaw: Bool, ent useEnt: Bool) {
+            pending &+= blocks
+            if pending >= flushBlocks { flush(kl: useKL, raw: useRaw, ent: useEnt) }
         }
+
+        /// Adds the lanes of `m` to the count.
+        @_transparent
+        mutating func count(_ m: M8) { cnt &-= m._storage }
 
         @_transparent
         mutating func flush(kl useKL: Bool, raw useRaw: Bool, ent useEnt: Bool) {
@@ -527,8 +556,10 @@ enum FastPolicyLoss {
             if useKL { FastPolicyLoss.flush(&kl, into: &klD) }
             if useRaw { FastPolicyLoss.flush(&raw, into: &rawD) }
             if useEnt { FastPolicyLoss.flush(&ent, into: &entD); FastPolicyLoss.flush(&eff, into: &effD) }
-            cntD += Double(FastPolicyLoss.laneSum8(cnt))  // small integers: exact in Float and Double
-            cnt = F8()
+            // At most 2 (flushBlocks + 1) per lane: the integer sum is exact in Double.
+            let c4 = cnt.lowHalf &+ cnt.highHalf, c2 = c4.lowHalf &+ c4.highHalf
+            cntD += Double(c2[0] &+ c2[1])
+            cnt = SIMD8<Int32>()
             pending = 0
         }
     }
@@ -581,9 +612,10 @@ enum FastPolicyLoss {
     @_transparent
     static func finishBlock<E: FastLossElement, K: FastPolicyKind, S: FastRowShape>(
         _ x: F8, _ r: F8, _ em1: F8, _ kl0: F8, _ t: Int, _ valid: M8, _ ptr: RowPointers<E>,
-        _ c: RowConstants, fV: F8, wF: F8, betaW: F8, bias: Bool, gate: EntropyGate, _: K.Type, _: S.Type
+        _ c: RowConstants, fV: F8, wF: F8, betaW: F8, nBetaW: F8, bias: Bool, gate: EntropyGate, _: K.Type,
+        _: S.Type
     ) -> Block {
-        var (l, gTok, counted) = K.id == 0 ? clippedToken(r: r, c)
+        var (l, gTok, counted) = K.id == 0 ? clippedToken(r: r, c, delta: K.delta)
             : K.id == 1 ? cispoToken(r: r, x: x, c) : sapoToken(r: r, c)
         // Per-token multiplier: the row's f, times the high-entropy mask.
         var fTok = fV
@@ -600,10 +632,13 @@ enum FastPolicyLoss {
         gTok = fTok * gTok
         var klv = F8()
         if S.kl {
-            var dkl = -em1
             klv = kl0
-            if bias { dkl = dkl * r + kl0 * r; klv = kl0 * r }
-            gTok = gTok * wF + betaW * dkl
+            if bias {
+                klv = kl0 * r
+                gTok = gTok * wF + betaW * ((-em1) * r + kl0 * r)
+            } else {
+                gTok = gTok * wF + nBetaW * em1  // betaW (-em1), exactly
+            }
         } else {
             gTok = gTok * wF
         }
@@ -619,7 +654,7 @@ enum FastPolicyLoss {
     ) {
         acc.pol += b.l
         if S.kl { acc.kl += b.kl }
-        if K.id != 2 { acc.cnt += ones(b.counted) }
+        if K.id != 2 { acc.count(b.counted) }
         if let g = ptr.grad { store8(b.g, g, t) }
         if S.extras {
             if hasEnt {
@@ -629,6 +664,30 @@ enum FastPolicyLoss {
             if let gh = ptr.gradH { store8(keep(gradHV, b.keepE), gh, t) }
         }
         acc.committed(kl: S.kl, raw: false, ent: hasEnt)
+    }
+
+    /// Adds two finite blocks (A at t, B at tB; B fully masked when !hasB, so all its lanes
+    /// are 0) to the partial sums, the two blocks added first, and stores their gradients.
+    @_transparent
+    static func commitPair<E: FastLossElement, K: FastPolicyKind, S: FastRowShape>(
+        _ bA: Block, _ bB: Block, _ t: Int, _ tB: Int, _ hasB: Bool, _ validA: M8, _ validB: M8,
+        _ ptr: RowPointers<E>, gradHV: F8, hasEnt: Bool, acc: inout Partials, _: K.Type, _: S.Type
+    ) {
+        acc.pol += bA.l + bB.l
+        if S.kl { acc.kl += bA.kl + bB.kl }
+        if K.id != 2 { acc.count(bA.counted); acc.count(bB.counted) }
+        if let g = ptr.grad { store8(bA.g, g, t); if hasB { store8(bB.g, g, tB) } }
+        if S.extras {
+            if hasEnt {
+                acc.ent += keep(bA.e8, validA) + keep(bB.e8, validB)
+                acc.eff += keep(bA.e8, bA.keepE) + keep(bB.e8, bB.keepE)
+            }
+            if let gh = ptr.gradH {
+                store8(keep(gradHV, bA.keepE), gh, t)
+                if hasB { store8(keep(gradHV, bB.keepE), gh, tB) }
+            }
+        }
+        acc.committed(2, kl: S.kl, raw: false, ent: hasEnt)
     }
 
     /// Processes the row two blocks (16 tokens) at a time, the two blocks' exp and KL
@@ -643,6 +702,7 @@ enum FastPolicyLoss {
         var sums = RowSums()
         let c = RowConstants(a: a, p: p)
         let fV = F8(repeating: f), wF = F8(repeating: Float(w)), betaW = F8(repeating: Float(w) * p.beta)
+        let nBetaW = -betaW
         let gradHV = F8(repeating: gradHValue)
         let bias = S.extras && p.bias
         let hasEnt = S.extras && ptr.ent != nil
@@ -669,14 +729,14 @@ enum FastPolicyLoss {
             if S.kl, let ref = ptr.ref {
                 (em1A, klA, em1B, klB) = expm1AndKL8x2(load8(ref, t) - xA, load8(ref, tB) - xB)
             }
-            let bA = finishBlock(xA, rA, em1A, klA, t, validA, ptr, c, fV: fV, wF: wF, betaW: betaW, bias: bias,
-                                 gate: gate, K.self, S.self)
-            let bB = finishBlock(xB, rB, em1B, klB, tB, validB, ptr, c, fV: fV, wF: wF, betaW: betaW, bias: bias,
-                                 gate: gate, K.self, S.self)
+            let bA = finishBlock(xA, rA, em1A, klA, t, validA, ptr, c, fV: fV, wF: wF, betaW: betaW,
+                                 nBetaW: nBetaW, bias: bias, gate: gate, K.self, S.self)
+            let bB = finishBlock(xB, rB, em1B, klB, tB, validB, ptr, c, fV: fV, wF: wF, betaW: betaW,
+                                 nBetaW: nBetaW, bias: bias, gate: gate, K.self, S.self)
             // Every valid lane finite: commit; otherwise redo the block in scalar code.
             if allFinite(bA.check + bB.check) {
-                commitBlock(bA, t, validA, ptr, gradHV: gradHV, hasEnt: hasEnt, acc: &acc, K.self, S.self)
-                if hasB { commitBlock(bB, tB, validB, ptr, gradHV: gradHV, hasEnt: hasEnt, acc: &acc, K.self, S.self) }
+                commitPair(bA, bB, t, tB, hasB, validA, validB, ptr, gradHV: gradHV, hasEnt: hasEnt, acc: &acc,
+                           K.self, S.self)
             } else {
                 if allFinite(bA.check) {
                     commitBlock(bA, t, validA, ptr, gradHV: gradHV, hasEnt: hasEnt, acc: &acc, K.self, S.self)
@@ -847,7 +907,21 @@ enum FastPolicyLoss {
     /// its bounds, min splits ties). Returns the loss, d l / d lp and the lanes counted by the
     /// clip metric (c1 < lo when A < 0, c1 > hi when A > 0).
     @_transparent
-    static func clippedToken(r: F8, _ c: RowConstants) -> (l: F8, g: F8, counted: M8) {
+    static func clippedToken(r: F8, _ c: RowConstants, delta: Bool) -> (l: F8, g: F8, counted: M8) {
+        if !delta {
+            // No cap (delta = +inf): c1 = r and dc1 = 1 (r >= +inf only for r = +inf, whose
+            // block is not finite and redone in scalar code), so a dc1 = a and the tie
+            // gradient is a per-row constant picked by dc2.
+            let rl = blend(r .< c.lo, c.lo, r)
+            let c2 = blend(rl .> c.hi, c.hi, rl)
+            let inside = (r .> c.lo) .& (r .< c.hi)
+            let nv1 = r * c.na, nv2 = c2 * c.na
+            let ngTie = blend(inside, c.nTie2, c.nTie1)
+            let ng = blend(nv1 .< nv2, c.na * ones(inside), blend(nv1 .> nv2, c.na, ngTie))
+            let l = blend(nv2 .> nv1, nv2, nv1)
+            let counted = (r .< c.lowCount) .| (r .> c.highCount)
+            return (l, ng * r, counted)
+        }
         let one = F8(repeating: 1), zero = F8()
         let capped = r .>= c.delta
         let c1 = blend(capped, c.delta, r)
@@ -855,12 +929,13 @@ enum FastPolicyLoss {
         let rl = blend(r .< c.lo, c.lo, r)
         let c2 = blend(rl .> c.hi, c.hi, rl)
         let dc2 = ones((r .> c.lo) .& (r .< c.hi))
-        let v1 = c1 * c.a, v2 = c2 * c.a
-        let gTie = c.a * (dc1 + dc2) * 0.5
-        let g = blend(v1 .> v2, c.a * dc2, blend(v1 .< v2, c.a * dc1, gTie))
-        let l = -blend(v2 .< v1, v2, v1)
+        // With nv = -v and ng = -g (negated products, exact): v1 > v2 is nv1 < nv2.
+        let nv1 = c1 * c.na, nv2 = c2 * c.na
+        let ngTie = c.na * (dc1 + dc2) * 0.5
+        let ng = blend(nv1 .< nv2, c.na * dc2, blend(nv1 .> nv2, c.na * dc1, ngTie))
+        let l = blend(nv2 .> nv1, nv2, nv1)
         let counted = (c1 .< c.lowCount) .| (c1 .> c.highCount)
-        return (l, -g * r, counted)
+        return (l, ng * r, counted)
     }
 
     /// cispo: -sg(min(r, eps_high)) A lp. Counted: r > eps_high when A > 0.
@@ -868,7 +943,7 @@ enum FastPolicyLoss {
     static func cispoToken(r: F8, x: F8, _ c: RowConstants) -> (l: F8, g: F8, counted: M8) {
         let cr = blend(r .> c.epsH, c.epsH, r)
         let counted = r .> c.highCount
-        return (-(cr * c.a) * x, -(cr * c.a), counted)
+        return ((cr * c.na) * x, cr * c.na, counted)
     }
 
     /// sapo: -(4 / tau) sigmoid(tau (r - 1)) A. Nothing counted.
@@ -876,7 +951,7 @@ enum FastPolicyLoss {
     static func sapoToken(r: F8, _ c: RowConstants) -> (l: F8, g: F8, counted: M8) {
         let one = F8(repeating: 1)
         let sg = one / (one + exp8(-(c.tau * (r - one))))
-        let l = -((sg * 4) / c.tau) * c.a
+        let l = ((sg * 4) / c.tau) * c.na
         let g = -4 * sg * (one - sg) * c.a * r
         return (l, g, F8() .!= F8())
     }

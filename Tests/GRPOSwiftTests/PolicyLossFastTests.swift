@@ -186,3 +186,41 @@ func fastVariant(_ type: LossType, _ level: ImportanceSamplingLevel, _ variant: 
         #expect(grpo_convert_f32(nil, 0, 1, Int32(GRPO_BF16.rawValue), nil, &err, 128) == GRPO_OK)
     }
 }
+
+@Suite struct FastPathOverflowTests {
+    /// A SIMD block whose valid lanes hold an overflowing ratio (e^200, e^95: +inf in float32)
+    /// is not finite and is redone in scalar code, with or without the delta cap (the capped
+    /// and uncapped specialisations of the clipped family), for positive, negative and zero
+    /// advantages: the loss, every count and the gradient are those of the same 7 tokens run as the
+    /// scalar tail of a T = 7 row (bit for bit, NaN where NaN), and the masked 8th lane of the
+    /// block (NaN garbage) gets a zero gradient.
+    @Test(arguments: [LossType.dapo, .grpo, .bnpo])
+    func overflowingRatioBlocksMatchTheScalarTail(_ type: LossType) throws {
+        let d: [Float] = [0, 200, -0.5, 0.1, 95, -200, 0.3]  // lp - old
+        let lp: [Float] = [-1.2, -0.4, -2.5, -0.9, -1.7, -0.2, -3.1]
+        let old = zip(lp, d).map { $0 - $1 }
+        let ref = lp.map { $0 + 0.05 }
+        for adv: Float in [1.5, -0.7, 0] {
+            for delta in [nil, 1.2] as [Double?] {
+                for beta in [0.0, 0.04] {
+                    var cfg = makeConfig(type, .token, beta: beta)
+                    cfg.delta = delta
+                    let tail = try PolicyLoss.compute(
+                        batch: 1, length: 7, logps: lp, advantages: [adv], mask: [UInt8](repeating: 1, count: 7),
+                        oldLogps: old, refLogps: ref, config: cfg)
+                    let block = try PolicyLoss.compute(
+                        batch: 1, length: 8, logps: lp + [.nan], advantages: [adv], mask: [1, 1, 1, 1, 1, 1, 1, 0],
+                        oldLogps: old + [.nan], refLogps: ref + [.infinity], config: cfg)
+                    let tag = "\(type) A=\(adv) delta=\(String(describing: delta)) beta=\(beta)"
+                    func same(_ x: Double, _ y: Double) -> Bool { x.bitPattern == y.bitPattern || (x.isNaN && y.isNaN) }
+                    #expect(!block.metrics.loss.isFinite || !block.grad.prefix(7).allSatisfy(\.isFinite), "\(tag)")
+                    #expect(same(block.metrics.loss, tail.metrics.loss), "\(tag)")
+                    #expect(sameCounts(block.metrics, tail.metrics), "\(tag)")
+                    #expect(same(block.metrics.kl, tail.metrics.kl), "\(tag)")
+                    for k in 0..<7 { #expect(same(Double(block.grad[k]), Double(tail.grad[k])), "\(tag) \(k)") }
+                    #expect(block.grad[7] == 0, "\(tag)")
+                }
+            }
+        }
+    }
+}
