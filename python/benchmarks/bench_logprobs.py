@@ -180,7 +180,7 @@ def main() -> None:
     del hr, wr, rlp, rent, gH, gW
 
     anchor = "TRL ChunkedLogProbFunction (anchor)"
-    gemm = "4 x plain OpenBLAS sgemm (GEMM floor)"
+    gemm = "4 x plain OpenBLAS sgemm (4-GEMM reference)"
     fns = {anchor: trl_fused, "grpo_swift fused fwd + bwd": ours_fused, gemm: one_sgemm}
     peaks = {name: peak_increase(fn) for name, fn in fns.items()}
     times = interleaved(fns, reps)
@@ -193,8 +193,9 @@ def main() -> None:
           f"{2 * n * v * hsz / t_sgemm / 1e9:.0f} GFLOP/s")
     r_trl = ratios["grpo_swift fused fwd + bwd"]
     r_gemm = median([o / (4 * g) for o, g in zip(times["grpo_swift fused fwd + bwd"], times[gemm])])
-    print(f"  goal >= 2.5x vs TRL: {'MET' if r_trl >= 2.5 else 'NOT MET'} ({r_trl:.2f}x); at most "
-          f"{ratios[gemm]:.2f}x is possible at the GEMM floor in this run")
+    print(f"  goal >= 2.5x vs TRL: {'MET' if r_trl >= 2.5 else 'NOT MET'} ({r_trl:.2f}x); a 4-GEMM "
+          f"implementation running at the plain full-shape sgemm rate would reach {ratios[gemm]:.2f}x (grpo_swift's "
+          f"cache-sized sub-GEMMs can beat that rate: see the next line)")
     print(f"  goal within 1.2x of 4 x sgemm: {'MET' if r_gemm <= 1.2 else 'NOT MET'} ({r_gemm:.2f}x)")
 
 
