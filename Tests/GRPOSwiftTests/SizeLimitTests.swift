@@ -11,12 +11,18 @@ struct SizeLimitTests {
 
     func message(_ err: [CChar]) -> String { err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } }
 
-    @Test func policyLossBatchTimesLength() {
+    /// A valid dapo configuration (the sizes are what these tests vary).
+    static func lossConfig() -> grpo_loss_config {
         var cfg = grpo_loss_config()
         cfg.loss_type = 3; cfg.epsilon = 0.2; cfg.epsilon_high = 0.2; cfg.top_entropy_quantile = 1
         cfg.sapo_temperature_pos = 1; cfg.sapo_temperature_neg = 1.05
         cfg.vespo_k_pos = 2; cfg.vespo_lambda_pos = 3; cfg.vespo_k_neg = 3; cfg.vespo_lambda_neg = 2
         cfg.num_items_in_batch = -1; cfg.num_processes = 1; cfg.gradient_accumulation_steps = 1
+        return cfg
+    }
+
+    @Test func policyLossBatchTimesLength() {
+        var cfg = Self.lossConfig()
         let x = [Float](repeating: 0, count: 8), m = [UInt8](repeating: 1, count: 8)
         var grad = [Float](repeating: 0, count: 8)
         var metrics = grpo_loss_metrics()
@@ -33,11 +39,7 @@ struct SizeLimitTests {
     }
 
     @Test func fusedLinearLossProducts() {
-        var cfg = grpo_loss_config()
-        cfg.loss_type = 3; cfg.epsilon = 0.2; cfg.epsilon_high = 0.2; cfg.top_entropy_quantile = 1
-        cfg.sapo_temperature_pos = 1; cfg.sapo_temperature_neg = 1.05
-        cfg.vespo_k_pos = 2; cfg.vespo_lambda_pos = 3; cfg.vespo_k_neg = 3; cfg.vespo_lambda_neg = 2
-        cfg.num_items_in_batch = -1; cfg.num_processes = 1; cfg.gradient_accumulation_steps = 1
+        var cfg = Self.lossConfig()
         var head = grpo_lm_head_config(temperature: 1, logit_scale: 1, final_logit_softcapping: 0, tile_rows: 0,
                                        tile_cols: 0)
         let x = [Float](repeating: 0, count: 16), m = [UInt8](repeating: 1, count: 16), ids = [Int64](repeating: 0, count: 16)
