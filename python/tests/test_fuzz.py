@@ -469,11 +469,23 @@ def test_fuzz_fused_linear_grpo_loss(b, t, h, v, loss_type, level, beta, bias, t
         for a, c in ((dirty.grad_hidden, clean.grad_hidden), (dirty.grad_weight, clean.grad_weight),
                      (dirty.grad_bias, clean.grad_bias)):
             assert (a is None and c is None) or np.array_equal(a, c)
-    loss, gh, gw, gb, _ = _fused_reference(hid, wt, bs, ids, mask, adv, old, ref, temperature, opts)
+    loss, gh, gw, gb, lp64 = _fused_reference(hid, wt, bs, ids, mask, adv, old, ref, temperature, opts)
     for res in (clean, dirty):
         assert np.isfinite(res.loss) and np.all(np.isfinite(res.grad_weight)) and np.all(np.isfinite(res.grad_hidden))
         assert np.all(res.grad_hidden[~mask] == 0)
-        np.testing.assert_allclose(res.loss, loss, rtol=1e-4, atol=1e-5)
+        # The log-probs at float32 accuracy (as test_fuzz_fused_log_probs), and the loss maths on them:
+        # the float64 loss kernel at our float32 log-probs within 1e-4.
+        np.testing.assert_allclose(res.log_probs[mask], lp64[mask], rtol=1e-4, atol=1e-4)
+        at_ours = grpo_swift.grpo_loss(res.log_probs.astype(np.float64), adv.astype(np.float64), mask,
+                                       old_logps=old.astype(np.float64),
+                                       ref_logps=None if ref is None else ref.astype(np.float64), **opts).loss
+        np.testing.assert_allclose(res.loss, at_ours, rtol=1e-4, atol=1e-5)
+        # Against the float64 reference: 1e-4, plus what the float32 rounding of the log-probs alone
+        # propagates into the float64 loss, |L64(lp32) - L64(lp64)|. Found by this fuzzer: with |lp| ~ 35
+        # (scale 8, temperature 0.7) vespo's lp-weighted value, whose phi depends on exp of the
+        # log-ratio, turns one ulp of lp (3.8e-6) into ~1e-4 of the loss; the composed float32 path
+        # fused_log_probs -> grpo_loss gives the same loss bits as the fused kernel there.
+        assert abs(res.loss - loss) <= 1e-5 + 1e-4 * abs(loss) + abs(at_ours - loss), (res.loss, loss, at_ours)
         for got, want in ((res.grad_hidden, gh), (res.grad_weight, gw)) + (((res.grad_bias, gb),) if bias else ()):
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * (1 + np.abs(want).max(initial=0)))
 
