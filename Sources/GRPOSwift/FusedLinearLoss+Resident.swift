@@ -187,7 +187,7 @@ extension FusedLinearLoss {
                     guard y >= 0 else { continue }
                     let st = stats + (r * chunks + c) * 3
                     foldChunk(tile + r * ld + c0, nc, bias.map { $0 + c0 }, p, target: y - c0, storeExp: storeExp,
-                              m: &st[0], s: &st[1], t: &st[2], zy: &zyBuf[r])
+                              m: &st[0], s: &st[1], t: &st[2], zy: zyBuf + r)
                 }
             }
             // 2. Merge the chunks' statistics per row (chunk order): lp, H, log-sum-exp.
@@ -289,13 +289,18 @@ extension FusedLinearLoss {
     }
 
     /// Transforms one row's chunk in place (bias, scale, softcap: y) and folds it: m = max y,
-    /// s = sum e^d, t = sum e^d d with d = max((y - m) / tau, -128); zy = y at the target when it
-    /// falls in the chunk. With `storeExp` the chunk ends holding e^d instead of y.
+    /// s = sum e^d, t = sum e^d d with d = max((y - m) / tau, -128); *zy = y at the target when it
+    /// falls in the chunk. With `storeExp` the chunk ends holding e^d instead of y. `zy` is a
+    /// pointer, written only by the chunk holding the target: the row's other chunks run on other
+    /// threads at the same time, and an inout access would be a (ThreadSanitizer-reported)
+    /// overlapping modify access to the same Float from each of them.
     @inline(__always)
     static func foldChunk(_ row: UnsafeMutablePointer<Float>, _ n: Int, _ bias: UnsafePointer<Float>?,
                           _ p: FusedLMHead.Plan, target: Int, storeExp: Bool, m: inout Float, s: inout Float,
-                          t: inout Float, zy: inout Float) {
-        m = FusedLMHead.transformRow(row, n, bias, p, target: target, zy: &zy)
+                          t: inout Float, zy: UnsafeMutablePointer<Float>) {
+        var z: Float = 0
+        m = FusedLMHead.transformRow(row, n, bias, p, target: target, zy: &z)
+        if target >= 0 && target < n { zy.pointee = z }
         (s, t) = FusedLMHead.expSums(row, n, max: m, p, storeExp: storeExp)
     }
 
