@@ -501,31 +501,27 @@ enum FastPolicyLoss {
         gradHValue: Float
     ) -> RowSums {
         let extras = ptr.ent != nil || gate.on || ptr.gradH != nil || (p.useKL && p.bias)
-        switch (p.kind, p.useKL, extras) {
-        case (0, false, false):
-            return p.useDelta
-                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeLean.self)
-                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeLean.self)
-        case (0, true, false):
-            return p.useDelta
-                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeLeanKL.self)
-                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeLeanKL.self)
-        case (0, false, true):
-            return p.useDelta
-                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeFull.self)
-                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeFull.self)
-        case (0, true, true):
-            return p.useDelta
-                ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, FastShapeFullKL.self)
-                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, FastShapeFullKL.self)
-        case (1, false, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeLean.self)
-        case (1, true, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeLeanKL.self)
-        case (1, false, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeFull.self)
-        case (1, true, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, FastShapeFullKL.self)
-        case (_, false, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastSapo.self, FastShapeLean.self)
-        case (_, true, false): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastSapo.self, FastShapeLeanKL.self)
-        case (_, false, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastSapo.self, FastShapeFull.self)
-        case (_, true, true): return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastSapo.self, FastShapeFullKL.self)
+        switch (p.useKL, extras) {
+        case (false, false): return rowOfKind(ptr, T, a, f, w, p, gate, gradHValue, FastShapeLean.self)
+        case (true, false): return rowOfKind(ptr, T, a, f, w, p, gate, gradHValue, FastShapeLeanKL.self)
+        case (false, true): return rowOfKind(ptr, T, a, f, w, p, gate, gradHValue, FastShapeFull.self)
+        case (true, true): return rowOfKind(ptr, T, a, f, w, p, gate, gradHValue, FastShapeFullKL.self)
+        }
+    }
+
+    /// `row`'s second dispatch level: the policy kind (the clipped family with or without the
+    /// delta cap, cispo, sapo) for a row shape S.
+    @inline(__always)
+    static func rowOfKind<E: FastLossElement, S: FastRowShape>(
+        _ ptr: RowPointers<E>, _ T: Int, _ a: Float, _ f: Float, _ w: Double, _ p: Params, _ gate: EntropyGate,
+        _ gradHValue: Float, _: S.Type
+    ) -> RowSums {
+        switch p.kind {
+        case 0:
+            return p.useDelta ? rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClippedDelta.self, S.self)
+                : rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastClipped.self, S.self)
+        case 1: return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastCispo.self, S.self)
+        default: return rowLoop(ptr, T, a, f, w, p, gate, gradHValue, FastSapo.self, S.self)
         }
     }
 

@@ -24,11 +24,7 @@ struct FusedLinearLossResidentTests {
     @Test("gradients match central finite differences of the Double loss on the 3-GEMM path",
           arguments: 0..<9)
     func finiteDifferences(_ which: Int) throws {
-        let (type, level, beta) = FusedLinearLossTests.configs[which]
-        var config = LossConfig(lossType: type, importanceSamplingLevel: level)
-        config.beta = beta
-        if type == .drGRPO { config.maxCompletionLength = 4 }
-        if type == .cispo { config.epsilonHigh = 1.1 }
+        let config = FusedLinearLossTests.config(which)
         let c = FusedLossCase(bias: which % 2 == 0, seed: UInt64(200 + which))
         // 3 sequences in blocks of at most 2: two uneven blocks (1 and 2 sequences).
         let r = try c.run(config, budget: try Self.budget(c, sequences: 2, config: config))

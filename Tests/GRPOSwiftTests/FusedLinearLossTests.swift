@@ -103,14 +103,21 @@ struct FusedLinearLossTests {
         (.vespo, .token, 0.04),
     ]
 
-    @Test("gradients match central finite differences of the Double loss (both schedules)",
-          arguments: 0..<9, [0, 1])
-    func finiteDifferences(_ which: Int, _ schedule: Int) throws {
-        let (type, level, beta) = Self.configs[which]
+    /// The loss configuration of `configs[which]` (dr_grpo with its max_completion_length, cispo
+    /// with an epsilon_high that clips).
+    static func config(_ which: Int) -> LossConfig {
+        let (type, level, beta) = configs[which]
         var config = LossConfig(lossType: type, importanceSamplingLevel: level)
         config.beta = beta
         if type == .drGRPO { config.maxCompletionLength = 4 }
         if type == .cispo { config.epsilonHigh = 1.1 }
+        return config
+    }
+
+    @Test("gradients match central finite differences of the Double loss (both schedules)",
+          arguments: 0..<9, [0, 1])
+    func finiteDifferences(_ which: Int, _ schedule: Int) throws {
+        let config = Self.config(which)
         let c = FusedLossCase(bias: which % 2 == 0, seed: UInt64(100 + which))
         // schedule 0: 3-GEMM with blocks of one sequence (budget from the plan, asserted); 1: the
         // 4-GEMM schedule.
