@@ -21,6 +21,7 @@ static PyMethodDef *const method_tables[] = {
     gs_logprobs_methods,
     gs_estimators_methods,
     gs_fused_loss_methods,
+    gs_torch_methods,
 };
 
 static int native_exec(PyObject *module) {

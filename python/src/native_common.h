@@ -63,8 +63,19 @@ PyObject *gs_raise_status(grpo_status status, const char *func, const char *msg)
 /* Loss helpers shared by policy_loss and fused_linear_loss (native_loss.c). */
 /* Parses LossConfig._native_tuple into *cfg (zeroed first); 0, or -1 with an exception set. */
 int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg);
-/* The grpo_loss_metrics fields in header order as a tuple of floats (new reference or NULL). */
+/* The number of grpo_loss_metrics fields. */
+#define GS_LOSS_METRICS 18
+/* The grpo_loss_metrics fields in header order into out. */
+void gs_loss_metrics_fill(const grpo_loss_metrics *m, double out[GS_LOSS_METRICS]);
+/* The same as a tuple of floats (new reference or NULL). */
 PyObject *gs_loss_metrics_tuple(const grpo_loss_metrics *m);
+/* grpo_policy_loss with the GIL released and Ctrl-C handled (GS_KERNEL_BEGIN(work)); 0, or -1
+ * with the status's exception set (naming fn). */
+int gs_policy_loss_call(const grpo_loss_inputs *in, const grpo_loss_config *cfg, void *grad, void *grad_entropies,
+                        grpo_loss_metrics *m, const char *fn, double work);
+/* A 0/1 mask of n elements into uint8 (kind 1 signed integer, 2 uint8/bool, 3 float32, 4 float64;
+ * itemsize in bytes): the index of the first other value, or -1. The GIL may be released. */
+Py_ssize_t gs_mask_convert(int kind, Py_ssize_t itemsize, const void *src, uint8_t *out, Py_ssize_t n);
 
 /*
  * Ctrl-C during a kernel call (see "Interruption" in grpo_swift.h).
@@ -118,5 +129,6 @@ extern PyMethodDef gs_loss_methods[];
 extern PyMethodDef gs_logprobs_methods[];
 extern PyMethodDef gs_estimators_methods[];
 extern PyMethodDef gs_fused_loss_methods[];
+extern PyMethodDef gs_torch_methods[];
 
 #endif

@@ -56,13 +56,46 @@ int gs_loss_config_arg(PyObject *tuple, grpo_loss_config *cfg) {
                             &cfg->entropy_threshold) ? 0 : -1;
 }
 
-/* The grpo_loss_metrics fields in header order, as a tuple of floats. */
+/* The grpo_loss_metrics fields in header order (the order of grpo_swift._loss._METRIC_FIELDS). */
+void gs_loss_metrics_fill(const grpo_loss_metrics *m, double out[GS_LOSS_METRICS]) {
+    const double v[GS_LOSS_METRICS] = {
+        m->loss, m->policy_loss, m->policy_term, m->kl_term, m->entropy_term, m->kl, m->entropy,
+        m->clip_ratio_low_mean, m->clip_ratio_high_mean, m->clip_ratio_region_mean, m->clip_ratio_low_min,
+        m->clip_ratio_high_max, m->cispo_clip_ratio, m->vespo_phi_seq_mean, m->num_tokens,
+        m->num_entropy_tokens, m->num_off_policy_dropped, m->pg_clipfrac_lower,
+    };
+    memcpy(out, v, sizeof v);
+}
+
+/* The same fields as a tuple of floats. */
 PyObject *gs_loss_metrics_tuple(const grpo_loss_metrics *m) {
-    return Py_BuildValue("(dddddddddddddddddd)", m->loss, m->policy_loss, m->policy_term, m->kl_term,
-                         m->entropy_term, m->kl, m->entropy, m->clip_ratio_low_mean, m->clip_ratio_high_mean,
-                         m->clip_ratio_region_mean, m->clip_ratio_low_min, m->clip_ratio_high_max,
-                         m->cispo_clip_ratio, m->vespo_phi_seq_mean, m->num_tokens, m->num_entropy_tokens,
-                         m->num_off_policy_dropped, m->pg_clipfrac_lower);
+    double v[GS_LOSS_METRICS];
+    gs_loss_metrics_fill(m, v);
+    PyObject *t = PyTuple_New(GS_LOSS_METRICS);
+    for (int i = 0; t && i < GS_LOSS_METRICS; i++) {
+        PyObject *x = PyFloat_FromDouble(v[i]);
+        if (!x) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+int gs_policy_loss_call(const grpo_loss_inputs *in, const grpo_loss_config *cfg, void *grad, void *grad_entropies,
+                        grpo_loss_metrics *m, const char *fn, double work) {
+    memset(m, 0, sizeof *m);
+    char err[GS_ERRLEN] = {0};
+    grpo_status st;
+    GS_KERNEL_BEGIN(work)
+    st = grpo_policy_loss(in, cfg, grad, grad_entropies, m, err, sizeof err);
+    GS_KERNEL_END
+    if (st != GRPO_OK) {
+        gs_raise_status(st, fn, err);
+        return -1;
+    }
+    return 0;
 }
 
 /*
@@ -139,17 +172,9 @@ static PyObject *loss_policy_loss(PyObject *self, PyObject *const *args, Py_ssiz
         .entropies = ent->buf, .advantages = adv->buf, .advantages_cols = adv_cols, .mask = mask->buf,
         .importance_sampling_ratio = isr->buf, .importance_sampling_ratio_cols = isr_cols,
     };
-    grpo_loss_metrics m = {0};
-    char err[GS_ERRLEN] = {0};
-    grpo_status st;
-    GS_KERNEL_BEGIN(gs_bytes(&set))
-    st = grpo_policy_loss(&in, &cfg, grad->buf, gradh->buf, &m, err, sizeof err);
-    GS_KERNEL_END
-    if (st != GRPO_OK) {
-        gs_raise_status(st, fn, err);
-        goto exit;
-    }
-    result = gs_loss_metrics_tuple(&m);
+    grpo_loss_metrics m;
+    if (gs_policy_loss_call(&in, &cfg, grad->buf, gradh->buf, &m, fn, gs_bytes(&set)) == 0)
+        result = gs_loss_metrics_tuple(&m);
 exit:
     gs_release(&set);
     return result;
@@ -255,6 +280,16 @@ GS_MASK_FLOAT_FN(mask_f64, double)
 #pragma GCC pop_options
 #endif
 
+Py_ssize_t gs_mask_convert(int kind, Py_ssize_t itemsize, const void *src, uint8_t *out, Py_ssize_t n) {
+    if (kind == 1 && itemsize == 1) return mask_i8(src, out, n);
+    if (kind == 1 && itemsize == 2) return mask_i16(src, out, n);
+    if (kind == 1 && itemsize == 4) return mask_i32(src, out, n);
+    if (kind == 1) return mask_i64(src, out, n);
+    if (kind == 2) return mask_i8(src, out, n);  /* uint8/bool: the same bytes */
+    if (kind == 3) return mask_f32(src, out, n);
+    return mask_f64(src, out, n);
+}
+
 /*
  * mask_u8(fn, arg, src, out) -> None
  * Converts a C-contiguous mask of int8/int16/int32/int64, uint8, bool, float32 or float64 holding
@@ -308,13 +343,7 @@ static PyObject *loss_mask_u8(PyObject *self, PyObject *const *args, Py_ssize_t 
     uint8_t *o = (uint8_t *)dst->buf;
     Py_ssize_t bad = -1;
     Py_BEGIN_ALLOW_THREADS
-    if (kind == 1 && s == 1) bad = mask_i8(src->buf, o, n);
-    else if (kind == 1 && s == 2) bad = mask_i16(src->buf, o, n);
-    else if (kind == 1 && s == 4) bad = mask_i32(src->buf, o, n);
-    else if (kind == 1) bad = mask_i64(src->buf, o, n);
-    else if (kind == 2) bad = mask_i8(src->buf, o, n);  /* uint8/bool: the same bytes */
-    else if (kind == 3) bad = mask_f32(src->buf, o, n);
-    else bad = mask_f64(src->buf, o, n);
+    bad = gs_mask_convert(kind, s, src->buf, o, n);
     Py_END_ALLOW_THREADS
     if (bad >= 0) {
         const char *b = (const char *)src->buf + bad * s;

@@ -2,6 +2,8 @@
 torch.compile(fullgraph=True) without graph breaks, opcheck, and clear errors."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import grpo_swift  # noqa: E402
 import grpo_swift.torch as gst  # noqa: E402
+from grpo_swift import _native  # noqa: E402
 from grpo_swift.torch import _loss as tloss  # noqa: E402
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"]
@@ -31,6 +34,47 @@ def problem(seed: int = 0, B: int = 5, T: int = 9, dtype=torch.float32):
     aux = torch.float64 if dtype == torch.float64 else torch.float32
     return dict(lp=lp.to(dtype), old=old.to(dtype), ref=ref.to(dtype), samp=samp.to(dtype), ent=ent.to(dtype),
                 adv=adv.to(aux), mask=mask, isr=isr.to(aux))
+
+
+class KernelCall(NamedTuple):
+    """One policy-loss kernel call seen by spy_kernel_calls: which path made it and the storage
+    addresses it read and wrote (0 for an absent input or gradient)."""
+    path: str  # "fast" (the C fast path on the tensors) or "python" (numpy views)
+    lp: int
+    old: int
+    ref: int
+    samp: int
+    ent: int
+    adv: int
+    mask: int
+    isr: int
+    grad: int
+    grad_h: int
+
+
+def _address(a) -> int:
+    return 0 if a is None else a.__array_interface__["data"][0]
+
+
+def spy_kernel_calls(monkeypatch) -> list[KernelCall]:
+    """Records every kernel call grpo_swift.torch's loss makes, by either path."""
+    seen: list[KernelCall] = []
+    fast, python = tloss._call_fast, tloss._call_kernel
+
+    def spy_fast(*args):
+        out = fast(*args)
+        if out is not None:  # taken (None: declined, the Python path follows)
+            seen.append(KernelCall("fast", *_native.torch_fast_pointers()))
+        return out
+
+    def spy_python(fn, *buffers):
+        seen.append(KernelCall("python", *(_address(b) for b in buffers[:8]), _address(buffers[9]),
+                               _address(buffers[10])))
+        return python(fn, *buffers)
+
+    monkeypatch.setattr(tloss, "_call_fast", spy_fast)
+    monkeypatch.setattr(tloss, "_call_kernel", spy_python)
+    return seen
 
 
 def options(loss_type: str, **kw):
@@ -115,20 +159,14 @@ def test_num_items_in_batch_tensor_or_number():
 
 def test_no_grad_and_compute_grad_false_skip_the_gradient(monkeypatch):
     p = problem(5)
-    seen = []
-    orig = tloss._call_kernel
-
-    def spy(*args):
-        seen.append(args[-2] is not None)
-        return orig(*args)
-
-    monkeypatch.setattr(tloss, "_call_kernel", spy)
+    seen = spy_kernel_calls(monkeypatch)
     lp = p["lp"].clone().requires_grad_(True)
     with torch.no_grad():
         l1, _ = gst.grpo_loss(lp, p["adv"], p["mask"])
     l2, _ = gst.grpo_loss(lp, p["adv"], p["mask"], compute_grad=False)
     l3, _ = gst.grpo_loss(lp, p["adv"], p["mask"])
-    assert seen == [False, False, True]
+    assert [c.grad != 0 for c in seen] == [False, False, True]
+    assert [c.path for c in seen] == ["fast", "python", "fast"]  # compute_grad=False: the Python path
     assert not l1.requires_grad and not l2.requires_grad and l3.requires_grad
     assert l1.item() == l2.item() == l3.item()
 

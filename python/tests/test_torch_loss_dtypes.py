@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 import grpo_swift.torch as gst  # noqa: E402
 from grpo_swift.torch import _loss as tloss  # noqa: E402
 
+from test_torch_loss import spy_kernel_calls  # noqa: E402
+
 # Liger-Kernel's tolerances for bfloat16 GRPO loss tests.
 LOW_PRECISION_ATOL, LOW_PRECISION_RTOL = 5e-2, 5e-1
 # Ours vs TRL's float32 maths on the same (rounded) inputs: the float32 parity tolerances of
@@ -77,10 +79,6 @@ def test_low_precision_inputs_use_float32_maths(dtype, loss_type, level):
     assert np.abs(g32.numpy() - exact_g).max() <= np.abs(rounded_g - exact_g).max() + ga + gr * np.abs(exact_g).max()
 
 
-def _address(a) -> int:
-    return a.__array_interface__["data"][0]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8])
 def test_kernel_reads_the_callers_storage(monkeypatch, dtype, mask_dtype):
@@ -89,25 +87,20 @@ def test_kernel_reads_the_callers_storage(monkeypatch, dtype, mask_dtype):
     t = {k: v.to(dtype) for k, v in p.items() if k in ("lp", "old", "ref", "ent")}
     t["samp"] = t["old"] + 0.01
     adv, mask, isr = p["adv"].to(aux), p["mask"].to(mask_dtype), torch.ones(8, 48, dtype=aux)
-    seen = {}
-    orig = tloss._call_kernel
-
-    def spy(fn, lp, old, ref, samp, ent, adv_, mask_, isr_, cfg, grad, grad_h):
-        seen.update(lp=_address(lp), old=_address(old), ref=_address(ref), samp=_address(samp), ent=_address(ent),
-                    adv=_address(adv_), mask=_address(mask_), isr=_address(isr_), lp_bytes=lp.nbytes)
-        return orig(fn, lp, old, ref, samp, ent, adv_, mask_, isr_, cfg, grad, grad_h)
-
-    monkeypatch.setattr(tloss, "_call_kernel", spy)
+    seen = spy_kernel_calls(monkeypatch)
     lp = t["lp"].clone().requires_grad_(True)
     loss, _ = gst.grpo_loss(lp, adv, mask, old_per_token_logps=t["old"], ref_per_token_logps=t["ref"],
                             sampling_logps=t["samp"], entropies=t["ent"], importance_sampling_ratio=isr,
                             off_policy_mask_threshold=0.5, beta=0.04)
     loss.backward()
-    assert seen["lp"] == lp.data_ptr() and seen["lp_bytes"] == lp.numel() * lp.element_size()
+    (call,) = seen
+    assert call.path == "fast" and call.lp == lp.data_ptr()
     for k in ("old", "ref", "samp", "ent"):
-        assert seen[k] == t[k].data_ptr(), k
-    assert seen["adv"] == adv.data_ptr() and seen["mask"] == mask.data_ptr() and seen["isr"] == isr.data_ptr()
+        assert getattr(call, k) == t[k].data_ptr(), k
+    assert call.adv == adv.data_ptr() and call.mask == mask.data_ptr() and call.isr == isr.data_ptr()
     assert lp.grad is not None and lp.grad.dtype == dtype
+    if dtype == torch.float32:  # the kernel's gradient buffer itself became .grad
+        assert lp.grad.data_ptr() == call.grad
 
 
 def test_strided_and_int64_mask_inputs_are_copied_once_and_agree(monkeypatch):
@@ -115,13 +108,12 @@ def test_strided_and_int64_mask_inputs_are_copied_once_and_agree(monkeypatch):
     wide = torch.stack([p["lp"], p["lp"] + 1], dim=2)[..., 0]  # non-contiguous view of the same values
     assert not wide.is_contiguous() and torch.equal(wide, p["lp"])
     a, _ = gst.grpo_loss(wide, p["adv"], p["mask"].long(), old_per_token_logps=p["old"])
-    seen = []
-    orig = tloss._call_kernel
-    monkeypatch.setattr(tloss, "_call_kernel", lambda *args: seen.append(_address(args[1])) or orig(*args))
+    seen = spy_kernel_calls(monkeypatch)
     b, _ = gst.grpo_loss(p["lp"], p["adv"], p["mask"], old_per_token_logps=p["old"])
     c, _ = gst.grpo_loss(wide, p["adv"], p["mask"], old_per_token_logps=p["old"])
     assert a.item() == b.item() == c.item()
-    assert seen[0] == p["lp"].data_ptr() and seen[1] != wide.data_ptr()
+    assert seen[0].path == "fast" and seen[0].lp == p["lp"].data_ptr()
+    assert seen[1].path == "python" and seen[1].lp != wide.data_ptr()  # the one contiguous copy
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,

@@ -17,7 +17,7 @@ import grpo_swift.torch as gst  # noqa: E402
 from grpo_swift import _native  # noqa: E402
 from grpo_swift.torch import _loss as tloss  # noqa: E402
 
-from test_torch_loss import options, problem  # noqa: E402
+from test_torch_loss import options, problem, spy_kernel_calls  # noqa: E402
 
 CASES = [
     dict(loss_type="dapo", beta=0.04),
@@ -69,47 +69,35 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
 
 
-def _spy_grad_buffer(monkeypatch):
-    seen = []
-    orig = tloss._call_kernel
-
-    def spy(*args):
-        seen.append(None if args[-2] is None else args[-2].__array_interface__["data"][0])
-        return orig(*args)
-
-    monkeypatch.setattr(tloss, "_call_kernel", spy)
-    return seen
-
-
 def test_gradient_buffer_becomes_grad_without_a_copy(monkeypatch):
     p = problem(30)
-    seen = _spy_grad_buffer(monkeypatch)
+    seen = spy_kernel_calls(monkeypatch)
     lp = p["lp"].clone().requires_grad_(True)
     loss, _ = gst.grpo_loss(lp, p["adv"], p["mask"], old_per_token_logps=p["old"], ref_per_token_logps=p["ref"],
                             beta=0.04)
     loss.backward()
-    assert len(seen) == 1 and lp.grad.data_ptr() == seen[0]
+    assert len(seen) == 1 and lp.grad.data_ptr() == seen[0].grad
     # A second micro-batch accumulates into that buffer (it is lp.grad now, owned by autograd).
     loss, _ = gst.grpo_loss(lp, p["adv"], p["mask"], old_per_token_logps=p["old"], ref_per_token_logps=p["ref"],
                             beta=0.04)
     first = lp.grad.clone()
     loss.backward()
-    assert lp.grad.data_ptr() == seen[0] and torch.equal(lp.grad, 2 * first)
+    assert lp.grad.data_ptr() == seen[0].grad and torch.equal(lp.grad, 2 * first)
 
 
 def test_second_backward_recomputes_and_never_aliases(monkeypatch):
     p = problem(31)
     kw = dict(old_per_token_logps=p["old"], ref_per_token_logps=p["ref"], entropies=None, beta=0.04,
               loss_type="bnpo")
-    seen = _spy_grad_buffer(monkeypatch)
+    seen = spy_kernel_calls(monkeypatch)
     lp = p["lp"].clone().requires_grad_(True)
     loss, _ = gst.grpo_loss(lp, p["adv"], p["mask"], **kw)
     (g1,) = torch.autograd.grad(loss, lp, retain_graph=True)
-    assert g1.data_ptr() == seen[0]
+    assert g1.data_ptr() == seen[0].grad
     expected = g1.clone()
     g1.mul_(100.0)  # the caller owns g1: changing it must not change the next backward
     (g2,) = torch.autograd.grad(loss * 2.0, lp, retain_graph=True)
-    assert len(seen) == 2 and g2.data_ptr() != seen[0]  # recomputed by a second kernel call
+    assert len(seen) == 2 and g2.data_ptr() != seen[0].grad  # recomputed by a second kernel call
     assert torch.equal(g2, 2.0 * expected)
     # retain_graph + .backward() twice accumulates exactly twice the gradient.
     lp2 = p["lp"].clone().requires_grad_(True)
@@ -224,7 +212,7 @@ def test_group_advantages_eager_skips_the_dispatcher_with_the_same_bits(monkeypa
 
 def test_module_and_no_grad_paths_share_the_eager_kernel(monkeypatch):
     p = problem(36)
-    seen = _spy_grad_buffer(monkeypatch)
+    seen = spy_kernel_calls(monkeypatch)
     mod = gst.GRPOLoss(loss_type="dapo", beta=0.04)
     lp = p["lp"].clone().requires_grad_(True)
     a, ma = mod(lp, p["adv"], p["mask"], p["old"], p["ref"])
@@ -232,5 +220,5 @@ def test_module_and_no_grad_paths_share_the_eager_kernel(monkeypatch):
     with torch.no_grad():
         b, mb = gst.grpo_loss(lp, p["adv"], p["mask"], old_per_token_logps=p["old"], ref_per_token_logps=p["ref"],
                               beta=0.04)
-    assert seen[0] is not None and seen[1] is None and a.item() == b.item()
-    assert _same(ma.to_dict(), mb.to_dict()) and lp.grad.data_ptr() == seen[0]
+    assert seen[0].grad != 0 and seen[1].grad == 0 and a.item() == b.item()
+    assert _same(ma.to_dict(), mb.to_dict()) and lp.grad.data_ptr() == seen[0].grad

@@ -73,7 +73,14 @@ CASES = {
     "dapo-adaptive-entropy": dict(loss_type="dapo", use_adaptive_entropy=True, entropy_coef=0.02,
                                   entropy_target=5.0, entropy_coef_delta=0.01, gradient_accumulation_steps=2,
                                   per_device_train_batch_size=2),
-    "offpolicy-mask": dict(loss_type="dapo", num_iterations=2, off_policy_mask_threshold=0.0),
+    # Threshold 1e-4, not 0: at the first iteration of a generation the sequence KL is old - current,
+    # which is exactly 0 only when both passes round identically. TRL shuffles the generation batch
+    # between its old-log-prob pass and training, so a row sits at another position in the LM-head
+    # GEMM; torch's GEMM happens to give such a row the same bits, OpenBLAS's Zen sgemm does not
+    # (a row's rounding depends on its position mod 12; see "Determinism" in the guide), and
+    # a threshold of 0 would then compare the sign of +-1e-7 rounding noise. The second iteration's
+    # KLs (0.02-0.15) are far above 1e-4, so the mask still decides real rows.
+    "offpolicy-mask": dict(loss_type="dapo", num_iterations=2, off_policy_mask_threshold=1e-4),
     "rewards-batch-trunc": dict(loss_type="grpo", scale_rewards="batch", mask_truncated_completions=True,
                                 reward_weights=[1.0, 0.5], per_device_train_batch_size=8),
     "rewards-gdpo": dict(loss_type="bnpo", multi_objective_aggregation="normalize_then_sum",

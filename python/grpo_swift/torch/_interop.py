@@ -49,6 +49,8 @@ def check_tensor(t, func: str, arg: str, *, dtypes: Sequence[torch.dtype] = FLOA
         raise ValueError(f"{func}(): argument '{arg}' must be {want}, got shape {tuple(t.shape)}")
     if not t.is_contiguous():
         t = t.contiguous()  # documented: the one copy, for strided inputs
+    if not torch.compiler.is_compiling() and t.is_neg():  # (traced graphs get resolved values)
+        t = t.resolve_neg()  # a lazily negated view (torch._neg_view): its storage holds -x
     return t
 
 
@@ -63,6 +65,18 @@ def buffer_of(t: torch.Tensor) -> np.ndarray:
     elif dtype == torch.bool:
         t = t.view(torch.uint8)
     return t.numpy()
+
+
+# The torch objects the C fast paths compare against (grpo_swift._native does not import torch),
+# in the order of the R_*/A_* indices of python/src/native_torch.c.
+TORCH_REGISTRY = (
+    torch.Tensor, torch.nn.Parameter,
+    torch.float32, torch.float64, torch.bfloat16, torch.float16,
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.empty, torch.strided,
+    "dtype", "is_cpu", "shape", "is_contiguous", "data_ptr", "requires_grad", "is_neg", "layout",
+    "dtype",
+)
 
 
 def dtype_code(t: torch.Tensor) -> int:
