@@ -499,13 +499,13 @@ public enum FusedLMHead {
                 // Tasks over gemmCols vocabulary columns: grad_weight[cols] += G[:, cols]^T hidden[rows]
                 // and grad_bias[cols] += column sums (rows in order).
                 if gwp != nil || gbp != nil {
-                    let runs = GradWeightGEMM.rowRuns(rows: nr, hidden: hBlock, H: H) { r in
+                    let cleaned = GradWeightGEMM.cleanedBlock(rows: nr, hidden: hBlock, H: H) { r in
                         targets[r0 + r] < 0 || (gradLogProbs?[r0 + r] ?? 0) == 0 && (gradEntropy?[r0 + r] ?? 0) == 0
                     }
                     try Parallel.forEachChunk(count: nc, chunkSize: gemmCols) { _, cols in
                         let tile = tileS.value
                         if let gwp {
-                            GradWeightGEMM.gemmTN(runs: runs, m: cols.count, n: H, k: nr, g: tile + cols.lowerBound,
+                            GradWeightGEMM.gemmTN(cleaned: cleaned, m: cols.count, n: H, k: nr, g: tile + cols.lowerBound,
                                                   ldg: nc, x: hBlock, ldx: H, beta: 1,
                                                   c: gwp + (c0 + cols.lowerBound) * H, ldc: H)
                         }

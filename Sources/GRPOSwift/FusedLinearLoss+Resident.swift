@@ -231,9 +231,9 @@ extension FusedLinearLoss {
             let beta: Float = k == 0 ? 0 : 1
             let outs = UncheckedSendable((ghp, gwp, gbp))
             // Rows without gradient (label < 0, g = gH = 0) contribute nothing to grad_weight, but a
-            // NaN/inf in their hidden state would poison the GEMM (0 * NaN): GradWeightGEMM leaves
-            // such rows out (nil, the usual case: one sgemm over the block, bits unchanged).
-            let gwRuns = gwp == nil ? nil : GradWeightGEMM.rowRuns(rows: nr, hidden: hBlock, H: H) { r in
+            // NaN/inf in their hidden state would poison the GEMM (0 * NaN): GradWeightGEMM zeroes
+            // such rows in a copy (nil, the usual case: the block itself, no copy).
+            let gwClean = gwp == nil ? nil : GradWeightGEMM.cleanedBlock(rows: nr, hidden: hBlock, H: H) { r in
                 targets[r] < 0 || gp[r0 + r] == 0 && (!withEntropy || gHp[r0 + r] == 0)
             }
             try Parallel.forEachChunk(count: chunks, chunkSize: rp.chunksPerGroup) { gi, group in
@@ -265,7 +265,7 @@ extension FusedLinearLoss {
                     }
                 }
                 if let gwp {
-                    GradWeightGEMM.gemmTN(runs: gwRuns, m: gn, n: H, k: nr, g: tile + g0, ldg: ld, x: hBlock, ldx: H,
+                    GradWeightGEMM.gemmTN(cleaned: gwClean, m: gn, n: H, k: nr, g: tile + g0, ldg: ld, x: hBlock, ldx: H,
                                           beta: beta, c: gwp + g0 * H, ldc: H)
                 }
                 if let ghp {

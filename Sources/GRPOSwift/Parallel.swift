@@ -41,8 +41,11 @@ public enum Parallel {
     /// it is checked at entry and before every chunk on every worker; once it is raised no new
     /// chunk starts, and after the running ones finish this throws GRPOError(.interrupted).
     /// Outputs are then partially written; callers propagate the error (`try`).
+    ///
+    /// `dynamic`: chunks go to whichever worker asks next instead of a fixed worker (results do
+    /// not change: each chunk's output and partials are its own, combined in chunk order).
     public static func forEachChunk(
-        count: Int, chunkSize: Int, _ body: (Int, Range<Int>) -> Void
+        count: Int, chunkSize: Int, dynamic: Bool = false, _ body: (Int, Range<Int>) -> Void
     ) throws(GRPOError) {
         guard count > 0 else { return }
         let flag = Interrupt.current()
@@ -57,13 +60,25 @@ public enum Parallel {
             }
             return
         }
-        // Each worker takes chunks c = w, w + threads, ... : a static schedule.
         // Chunks write disjoint outputs by contract of the callers, so sharing `body`
         // across the workers is safe although the closure type is not Sendable.
         let watched = UncheckedSendable(flag)
+        let next = Atomic<Int>(0)
         withoutActuallyEscaping(body) { body in
             let shared = UncheckedSendable(body)
             DispatchQueue.concurrentPerform(iterations: threads) { w in
+                if dynamic {
+                    // Each worker takes the next chunk not yet taken: a worker that starts late
+                    // (a descheduled thread on a shared machine) leaves its chunks to the others.
+                    while true {
+                        if let flag = watched.value, Interrupt.isRaised(flag) { return }
+                        let c = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                        if c >= chunks { return }
+                        shared.value(c, (c * size)..<min(count, (c + 1) * size))
+                    }
+                }
+                // Static schedule: worker w takes chunks c = w, w + threads, ... (the same worker
+                // sees the same rows in consecutive passes: their data stays in its cache).
                 var c = w
                 while c < chunks {
                     if let flag = watched.value, Interrupt.isRaised(flag) { return }

@@ -182,7 +182,7 @@ public enum PolicyLoss {
         if useEntropyMask, let ent = inp.entropies {
             let thr = entropyThreshold, all0 = entropyMaskAll0
             try effLen.withUnsafeMutableBufferPointer { (eff) throws(GRPOError) in
-                try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+                try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk, dynamic: true) { _, rows in
                     for i in rows {
                         var c = 0
                         if !all0 {
@@ -302,7 +302,7 @@ public enum PolicyLoss {
         try stats.withUnsafeMutableBufferPointer { (st) throws(GRPOError) in
         try rowInd.withUnsafeMutableBufferPointer { (ind) throws(GRPOError) in
         try rowLen.withUnsafeBufferPointer { (rowLen) throws(GRPOError) in
-            try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk) { _, rows in
+            try Parallel.forEachChunk(count: B, chunkSize: rowsPerChunk, dynamic: true) { _, rows in
                 for i in rows {
                     let base = i * T
                     let L = rowLen[i]

@@ -67,28 +67,24 @@ import Testing
         #expect(real.gw.contains { $0.isNaN })
     }
 
-    @Test func rowRunsAndGemmEdgeCases() {
+    @Test func cleanedBlockZeroesOnlySkippedNonFiniteRows() {
         let x: [Float] = [1, 2, .nan, 4, 5, 6]  // 3 rows of H = 2
         x.withUnsafeBufferPointer { xb in
             let p = xb.baseAddress!
-            #expect(GradWeightGEMM.rowRuns(rows: 3, hidden: p, H: 2) { _ in false } == nil)
-            #expect(GradWeightGEMM.rowRuns(rows: 3, hidden: p, H: 2) { $0 != 1 } == nil)
-            #expect(GradWeightGEMM.rowRuns(rows: 3, hidden: p, H: 2) { _ in true } == [0..<1, 2..<3])
-            // Every row left out, beta 0: the output is zeroed.
-            let bad: [Float] = [.nan, .nan]
-            var c: [Float] = [7, 7, 7, 7]
-            let g: [Float] = [0, 0]
-            bad.withUnsafeBufferPointer { bb in
-                let runs = GradWeightGEMM.rowRuns(rows: 1, hidden: bb.baseAddress!, H: 2) { _ in true }
-                #expect(runs == [])
-                g.withUnsafeBufferPointer { gb in
-                    c.withUnsafeMutableBufferPointer { cb in
-                        GradWeightGEMM.gemmTN(runs: runs, m: 2, n: 2, k: 1, g: gb.baseAddress!, ldg: 2,
-                                              x: bb.baseAddress!, ldx: 2, beta: 0, c: cb.baseAddress!, ldc: 2)
-                    }
+            #expect(GradWeightGEMM.cleanedBlock(rows: 3, hidden: p, H: 2) { _ in false } == nil)
+            #expect(GradWeightGEMM.cleanedBlock(rows: 3, hidden: p, H: 2) { $0 != 1 } == nil)
+            #expect(GradWeightGEMM.cleanedBlock(rows: 3, hidden: p, H: 2) { _ in true } == [1, 2, 0, 0, 5, 6])
+            // A cleaned block is read with leading dimension n.
+            let cleaned = GradWeightGEMM.cleanedBlock(rows: 3, hidden: p, H: 2) { _ in true }
+            let g: [Float] = [1, 0, 2]  // (k = 3) x (m = 1)
+            var c: [Float] = [7, 7]
+            g.withUnsafeBufferPointer { gb in
+                c.withUnsafeMutableBufferPointer { cb in
+                    GradWeightGEMM.gemmTN(cleaned: cleaned, m: 1, n: 2, k: 3, g: gb.baseAddress!, ldg: 1,
+                                          x: p, ldx: 2, beta: 0, c: cb.baseAddress!, ldc: 2)
                 }
             }
-            #expect(c == [0, 0, 0, 0])
+            #expect(c == [11, 14])
         }
     }
 }

@@ -221,3 +221,43 @@ def test_every_combination_of_optional_inputs(monkeypatch):
             out.append((loss.item(), m.vector.numpy().tobytes(), list(m), lp.grad.numpy().tobytes()))
         monkeypatch.undo()
         assert out[0] == out[1], present
+
+
+def test_the_graph_is_freed_without_the_garbage_collector(monkeypatch):
+    # The node keeps the gradient buffers and the inputs, never the loss (whose grad_fn is the node):
+    # dropping the loss frees the buffers by reference counting alone.
+    import gc
+    import weakref
+
+    p = problem(47)
+    buffers = []
+    fast = tloss._call_fast
+
+    def keep(*args):
+        out = fast(*args)
+        buffers.append(weakref.ref(out[2]))  # the gradient buffer
+        return out
+
+    monkeypatch.setattr(tloss, "_call_fast", keep)
+    gc.disable()
+    try:
+        lp = p["lp"].clone().requires_grad_(True)
+        loss, metrics = gst.grpo_loss(lp, p["adv"], p["mask"], old_per_token_logps=p["old"])
+        del metrics
+        assert all(b() is not None for b in buffers)
+        del loss
+        assert len(buffers) == 1 and buffers[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_an_input_modified_in_place_before_backward_raises():
+    p = problem(48)
+    for name in ("old", "adv", "mask"):
+        q = {k: p[k].clone() for k in ("lp", "old", "adv", "mask")}
+        lp = q["lp"].requires_grad_(True)
+        loss, _ = gst.grpo_loss(lp, q["adv"], q["mask"], old_per_token_logps=q["old"])
+        q[name].mul_(1)  # bumps the version counter
+        with pytest.raises(RuntimeError, match=r"modified by an inplace operation: " +
+                           {"old": "old", "adv": "adv", "mask": "completion_mask"}[name]):
+            loss.backward()

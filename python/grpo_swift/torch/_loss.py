@@ -308,7 +308,7 @@ class _EagerCall(NamedTuple):
     adv: torch.Tensor
     mask: Optional[np.ndarray]     # (B, T) uint8 0/1 buffer (a view of mask_tensor when it is bool/uint8), or
                                    # None: converted again from mask_tensor if backward has to recompute
-    mask_tensor: torch.Tensor      # the caller's mask (saved, so that an in-place change is detected)
+    mask_tensor: torch.Tensor      # the caller's mask (kept with its version: an in-place change is detected)
     isr: Optional[torch.Tensor]
     native: tuple                  # the C config tuple
     with_h: bool                   # compute the entropy-bonus gradient
@@ -320,41 +320,66 @@ class _EagerPolicyLoss(torch.autograd.Function):
     training step pays for no copy: with an incoming gradient of 1 (`loss.backward()`) the buffer
     itself becomes `.grad` (AccumulateGrad adopts a tensor nobody else references), otherwise it is
     scaled in place. The buffer is handed out once; a second backward through the same graph
-    (retain_graph=True, or gradcheck) recomputes the gradient from the saved, version-checked
-    inputs. Under torch.compile the custom op `grpo_swift::policy_loss` is used instead (see
-    `loss_with_config`)."""
+    (retain_graph=True, or gradcheck) recomputes the gradient from the inputs. Under torch.compile
+    the custom op `grpo_swift::policy_loss` is used instead (see `loss_with_config`).
+
+    The node keeps its inputs as plain references with their version counters, not through
+    save_for_backward (which costs more than the kernel at small sizes): a backward after an input
+    was modified in place raises, as torch's saved-tensor check does; saved-tensor hooks do not
+    see these inputs (they are the caller's tensors: nothing is saved that is not alive anyway).
+    The metrics are not an output of the node (they carry no gradient)."""
 
     @staticmethod
-    def forward(ctx, logps, entropies, call: _EagerCall, loss, metrics, grad, grad_h):
-        ctx.grads = (grad, grad_h)
+    def forward(ctx, logps, entropies, call: _EagerCall, out: tuple):
+        # out = (loss, metrics, grad, grad_h) from the kernel; the node keeps the gradients, not the
+        # loss (the loss's grad_fn is this node: keeping it here would be a reference cycle).
+        ctx.grads = (out[2], out[3])
         ctx.call = call
-        ctx.save_for_backward(logps, entropies, call.old, call.ref, call.samp, call.adv, call.isr, call.mask_tensor)
-        ctx.mark_non_differentiable(metrics)
+        ctx.inputs = (logps, entropies)
+        ctx.versions = _versions(logps, entropies, call)
         ctx.set_materialize_grads(False)
-        return loss, metrics
+        return out[0]
 
     @staticmethod
-    def backward(ctx, g_loss, g_metrics):
+    def backward(ctx, g_loss):
         # The gradient carries no graph: a double backward (create_graph=True, the only case with
         # grad mode on here) would silently miss the second derivative, so once_differentiable
         # makes it raise; a plain backward skips that wrapper's no_grad context.
         if torch.is_grad_enabled():
-            return _eager_backward_once(ctx, g_loss, g_metrics)
-        return _eager_backward(ctx, g_loss, g_metrics)
+            return _eager_backward_once(ctx, g_loss)
+        return _eager_backward(ctx, g_loss)
 
 
-def _eager_backward(ctx, g_loss, g_metrics):
+_VERSIONED = ("old", "ref", "samp", "adv", "mask_tensor", "isr")
+
+
+def _versions(logps, entropies, call: _EagerCall) -> tuple:
+    return (logps._version, None if entropies is None else entropies._version,
+            *(None if t is None else t._version for t in (call.old, call.ref, call.samp, call.adv, call.mask_tensor,
+                                                          call.isr)))
+
+
+def _eager_backward(ctx, g_loss):
     if g_loss is None:
-        return (None,) * 7
-    logps, entropies, old, ref, samp, adv, isr, mask = ctx.saved_tensors  # raises if modified in place
+        return None, None, None, None
+    logps, entropies = ctx.inputs
+    call = ctx.call
+    if _versions(logps, entropies, call) != ctx.versions:
+        names = ("per_token_logps", "entropies") + _VERSIONED
+        changed = [n for n, a, b in zip(names, ctx.versions, _versions(logps, entropies, call)) if a != b]
+        raise RuntimeError(f"{call.fn}(): one of the variables needed for gradient computation has been modified "
+                           f"by an inplace operation: {', '.join(changed).replace('mask_tensor', 'completion_mask')} "
+                           f"changed after the loss was computed")
     grads = ctx.grads
     if grads is None:  # handed out by an earlier backward through this graph: recompute
-        call = ctx.call
         out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
         grads = (torch.empty(logps.shape, dtype=out_dtype),
                  torch.empty(logps.shape, dtype=out_dtype) if call.with_h else None)
-        _run_kernel(call.fn, logps, old, ref, samp, entropies, adv,
-                    call.mask if call.mask is not None else _mask_u8(mask, call.fn), isr, call.native, *grads)
+        lp_c, ent_c = logps.contiguous(), None if entropies is None else entropies.contiguous()
+        _run_kernel(call.fn, lp_c, _contiguous(call.old), _contiguous(call.ref), _contiguous(call.samp), ent_c,
+                    call.adv.contiguous(),
+                    call.mask if call.mask is not None else _mask_u8(call.mask_tensor, call.fn),
+                    _contiguous(call.isr), call.native, *grads)
     ctx.grads = None
     grad, grad_h = grads
     d_lp = d_ent = None
@@ -362,7 +387,7 @@ def _eager_backward(ctx, g_loss, g_metrics):
         d_lp = _scale_owned(g_loss, grad, logps.dtype)
     if ctx.needs_input_grad[1] and grad_h is not None:
         d_ent = _scale_owned(g_loss, grad_h, entropies.dtype)
-    return d_lp, d_ent, None, None, None, None, None
+    return d_lp, d_ent, None, None
 
 
 _eager_backward_once = once_differentiable(_eager_backward)
@@ -542,7 +567,7 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
             if grad is not None or grad_h is not None:
                 call = _EagerCall(fn, old_per_token_logps, ref_per_token_logps, sampling_logps, advantages, None,
                                   completion_mask, importance_sampling_ratio, native, grad_h is not None)
-                loss, mvec = _EagerPolicyLoss.apply(per_token_logps, entropies, call, loss, mvec, grad, grad_h)
+                loss = _EagerPolicyLoss.apply(per_token_logps, entropies, call, out)
             return loss, LossMetrics(mvec, _eager_metric_names(config, ref_per_token_logps is not None,
                                                                entropies is not None))
     lp = check_tensor(per_token_logps, fn, "per_token_logps", ndim=(2,))
@@ -611,7 +636,7 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         grad_h = torch.empty(lp.shape, dtype=out_dtype) if with_h else None
         loss, mvec = _run_kernel(fn, lp, old, ref, samp, ent, adv, mask_buf, isr, native, grad, grad_h)
         call = _EagerCall(fn, old, ref, samp, adv, mask_buf, mask, isr, native, with_h)
-        loss, mvec = _EagerPolicyLoss.apply(lp, ent, call, loss, mvec, grad, grad_h)
+        loss = _EagerPolicyLoss.apply(lp, ent, call, (loss, mvec, grad, grad_h))
     else:
         loss, mvec = _run_kernel(fn, lp, old, ref, samp, ent, adv, mask_buf, isr, native, None, None)
     return loss, LossMetrics(mvec, _eager_metric_names(config, ref is not None, ent is not None))
