@@ -44,14 +44,14 @@ private func raiseLater(_ flag: InterruptFlag, ms: UInt32) -> OSThread {
 }
 
 @Suite struct InterruptTests {
-    @Test func raisedFlagStopsBeforeAnyChunk() throws {
+    @Test(arguments: [false, true]) func raisedFlagStopsBeforeAnyChunk(dynamic: Bool) throws {
         let flag = InterruptFlag()
         flag.raise()
         let ran = Atomic<Int>(0)
         var caught: GRPOError?
         Interrupt.withFlag(flag) {
             do throws(GRPOError) {
-                try Parallel.forEachChunk(count: 1000, chunkSize: 10) { _, _ in ran.add(1, ordering: .relaxed) }
+                try Parallel.forEachChunk(count: 1000, chunkSize: 10, dynamic: dynamic) { _, _ in ran.add(1, ordering: .relaxed) }
             } catch { caught = error }
             #expect(throws: GRPOError.self) { try Interrupt.check() }
         }
@@ -60,11 +60,11 @@ private func raiseLater(_ flag: InterruptFlag, ms: UInt32) -> OSThread {
         #expect(ran.load(ordering: .relaxed) == 0)
         // Outside the scope (and with no flag) nothing stops.
         try Interrupt.check()
-        try Parallel.forEachChunk(count: 1000, chunkSize: 10) { _, _ in ran.add(1, ordering: .relaxed) }
+        try Parallel.forEachChunk(count: 1000, chunkSize: 10, dynamic: dynamic) { _, _ in ran.add(1, ordering: .relaxed) }
         #expect(ran.load(ordering: .relaxed) == 100)
     }
 
-    @Test func raisingMidCallStopsWithinOneChunk() throws {
+    @Test(arguments: [false, true]) func raisingMidCallStopsWithinOneChunk(dynamic: Bool) throws {
         // 4000 chunks of ~1 ms each (4 s uninterrupted, / the thread count); the flag is raised
         // from another thread after 50 ms: the call must stop after at most one more chunk per
         // worker, far below the uninterrupted time.
@@ -78,7 +78,7 @@ private func raiseLater(_ flag: InterruptFlag, ms: UInt32) -> OSThread {
         var caught: GRPOError?
         Interrupt.withFlag(flag) {
             do throws(GRPOError) {
-                try Parallel.forEachChunk(count: chunks, chunkSize: 1) { _, _ in
+                try Parallel.forEachChunk(count: chunks, chunkSize: 1, dynamic: dynamic) { _, _ in
                     usleep(1000)
                     ran.add(1, ordering: .relaxed)
                 }
@@ -88,6 +88,24 @@ private func raiseLater(_ flag: InterruptFlag, ms: UInt32) -> OSThread {
         #expect(caught?.kind == .interrupted)
         #expect(ran.load(ordering: .relaxed) < chunks / 2)
         #expect(elapsed < 1.0, "stopped after \(elapsed) s")
+    }
+
+    @Test(arguments: [false, true]) func everyChunkRunsExactlyOnce(dynamic: Bool) throws {
+        // Many concurrent callers: helpers of one call often start after it returned (the
+        // dynamic schedule does not wait for them) and must find nothing to run.
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            for count in [1, 2, 7, 64, 1001] {
+                var hits = [Int](repeating: 0, count: count)
+                hits.withUnsafeMutableBufferPointer { h in
+                    let hp = UncheckedSendable(h)
+                    try? Parallel.forEachChunk(count: count, chunkSize: 3, dynamic: dynamic) { c, r in
+                        #expect(r == (c * 3)..<min(count, c * 3 + 3))
+                        for i in r { hp.value[i] += 1 }
+                    }
+                }
+                #expect(hits.allSatisfy { $0 == 1 })
+            }
+        }
     }
 
     @Test func kernelThroughTheABIReturnsInterruptedAndRecovers() {
