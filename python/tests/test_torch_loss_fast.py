@@ -259,5 +259,6 @@ def test_an_input_modified_in_place_before_backward_raises():
         loss, _ = gst.grpo_loss(lp, q["adv"], q["mask"], old_per_token_logps=q["old"])
         q[name].mul_(1)  # bumps the version counter
         with pytest.raises(RuntimeError, match=r"modified by an inplace operation: " +
-                           {"old": "old", "adv": "adv", "mask": "completion_mask"}[name]):
+                           {"old": "old_per_token_logps", "adv": "advantages", "mask": "completion_mask"}[name] +
+                           " changed"):
             loss.backward()

@@ -326,7 +326,7 @@ class _EagerPolicyLoss(torch.autograd.Function):
     The node keeps its inputs as plain references with their version counters, not through
     save_for_backward (which costs more than the kernel at small sizes): a backward after an input
     was modified in place raises, as torch's saved-tensor check does; saved-tensor hooks do not
-    see these inputs (they are the caller's tensors: nothing is saved that is not alive anyway).
+    see these inputs (the node keeps the same tensors save_for_backward would keep).
     The metrics are not an output of the node (they carry no gradient)."""
 
     @staticmethod
@@ -350,7 +350,9 @@ class _EagerPolicyLoss(torch.autograd.Function):
         return _eager_backward(ctx, g_loss)
 
 
-_VERSIONED = ("old", "ref", "samp", "adv", "mask_tensor", "isr")
+# The arguments whose version counters the eager node checks, by their public names (in _versions' order).
+_VERSIONED = ("per_token_logps", "entropies", "old_per_token_logps", "ref_per_token_logps", "sampling_logps",
+              "advantages", "completion_mask", "importance_sampling_ratio")
 
 
 def _versions(logps, entropies, call: _EagerCall) -> tuple:
@@ -365,11 +367,9 @@ def _eager_backward(ctx, g_loss):
     logps, entropies = ctx.inputs
     call = ctx.call
     if _versions(logps, entropies, call) != ctx.versions:
-        names = ("per_token_logps", "entropies") + _VERSIONED
-        changed = [n for n, a, b in zip(names, ctx.versions, _versions(logps, entropies, call)) if a != b]
+        changed = [n for n, a, b in zip(_VERSIONED, ctx.versions, _versions(logps, entropies, call)) if a != b]
         raise RuntimeError(f"{call.fn}(): one of the variables needed for gradient computation has been modified "
-                           f"by an inplace operation: {', '.join(changed).replace('mask_tensor', 'completion_mask')} "
-                           f"changed after the loss was computed")
+                           f"by an inplace operation: {', '.join(changed)} changed after the loss was computed")
     grads = ctx.grads
     if grads is None:  # handed out by an earlier backward through this graph: recompute
         out_dtype = torch.float64 if logps.dtype == torch.float64 else torch.float32
