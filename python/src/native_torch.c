@@ -28,7 +28,6 @@ enum {
     R_STRIDED,                                      /* torch.strided */
     A_DTYPE, A_IS_CPU, A_SHAPE, A_IS_CONTIGUOUS,    /* attribute / method names */
     A_DATA_PTR, A_REQUIRES_GRAD, A_IS_NEG, A_LAYOUT,
-    K_DTYPE,                                        /* the keyword name "dtype" */
     R_COUNT
 };
 
@@ -41,6 +40,15 @@ typedef struct gs_tensor {
     int requires_grad;
 } gs_tensor;
 
+/* The data pointer of a tensor (NULL: an exception is set, or the tensor has no storage). */
+static void *data_of(PyObject *const *reg, PyObject *tensor) {
+    PyObject *ptr = PyObject_CallMethodNoArgs(tensor, reg[A_DATA_PTR]);
+    if (!ptr) return NULL;
+    void *p = PyLong_AsVoidPtr(ptr);
+    Py_DECREF(ptr);
+    return p;
+}
+
 /* 1: read; 0: not on the fast path (no exception set); -1: an error to propagate. */
 static int read_tensor(PyObject *obj, PyObject *const *reg, gs_tensor *t) {
     memset(t, 0, sizeof *t);
@@ -49,7 +57,7 @@ static int read_tensor(PyObject *obj, PyObject *const *reg, gs_tensor *t) {
         return 0;  /* subclasses (FakeTensor, user subclasses, ...) take the Python path */
     t->obj = obj;
     int ok = 0;
-    PyObject *dtype = NULL, *flag = NULL, *shape = NULL, *ptr = NULL, *layout = NULL;
+    PyObject *dtype = NULL, *flag = NULL, *shape = NULL, *layout = NULL;
     if (!(layout = PyObject_GetAttr(obj, reg[A_LAYOUT]))) goto fail;
     if (layout != reg[R_STRIDED]) goto done;
     if (!(dtype = PyObject_GetAttr(obj, reg[A_DTYPE]))) goto fail;
@@ -80,8 +88,7 @@ static int read_tensor(PyObject *obj, PyObject *const *reg, gs_tensor *t) {
             goto done;
         }
     }
-    if (!(ptr = PyObject_CallMethodNoArgs(obj, reg[A_DATA_PTR]))) goto fail;
-    t->data = PyLong_AsVoidPtr(ptr);
+    t->data = data_of(reg, obj);
     if (!t->data) {
         PyErr_Clear();
         goto done;
@@ -97,7 +104,6 @@ done:
     Py_XDECREF(dtype);
     Py_XDECREF(flag);
     Py_XDECREF(shape);
-    Py_XDECREF(ptr);
     return ok;
 }
 
@@ -132,7 +138,7 @@ static Py_ssize_t row_cols(const gs_tensor *t, PyObject *aux, Py_ssize_t B, Py_s
 static PyObject *new_tensor(PyObject *const *reg, int ndim, Py_ssize_t d0, Py_ssize_t d1, PyObject *dtype) {
     PyObject *shape = ndim == 0 ? PyTuple_New(0) : ndim == 1 ? Py_BuildValue("(n)", d0) : Py_BuildValue("(nn)", d0, d1);
     if (!shape) return NULL;
-    PyObject *kwnames = PyTuple_Pack(1, reg[K_DTYPE]);
+    PyObject *kwnames = PyTuple_Pack(1, reg[A_DTYPE]);  /* "dtype": also torch.empty's keyword */
     PyObject *args[3] = {NULL, shape, dtype};
     PyObject *out = kwnames ? PyObject_Vectorcall(reg[R_EMPTY], args + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames)
                             : NULL;
@@ -141,13 +147,6 @@ static PyObject *new_tensor(PyObject *const *reg, int ndim, Py_ssize_t d0, Py_ss
     return out;
 }
 
-static void *data_of(PyObject *const *reg, PyObject *tensor) {
-    PyObject *ptr = PyObject_CallMethodNoArgs(tensor, reg[A_DATA_PTR]);
-    if (!ptr) return NULL;
-    void *p = PyLong_AsVoidPtr(ptr);
-    Py_DECREF(ptr);
-    return p;
-}
 
 /*
  * torch_policy_loss(fn, logps, old, ref, samp, ent, adv, mask, isr, config, want_grad, unlogged, reg)
@@ -192,13 +191,13 @@ static PyObject *torch_policy_loss(PyObject *self, PyObject *const *args, Py_ssi
     int dtype = lp->obj ? float_code(reg, lp->dtype) : -1;
     if (dtype < 0 || lp->ndim != 2 || !t[ADV].obj || !t[MASK].obj) Py_RETURN_NONE;
     Py_ssize_t B = lp->shape[0], T = lp->shape[1];
-    int grad_enabled = want_grad;  /* want_grad is false under no_grad, where constants may require grad */
-    if (!like_logps(&t[OLD], lp, grad_enabled, 0) || !like_logps(&t[REF], lp, grad_enabled, 0) ||
-        !like_logps(&t[SAMP], lp, grad_enabled, 0) || !like_logps(&t[ENT], lp, grad_enabled, 1))
+    /* want_grad is false under no_grad, where constants may require grad. */
+    if (!like_logps(&t[OLD], lp, want_grad, 0) || !like_logps(&t[REF], lp, want_grad, 0) ||
+        !like_logps(&t[SAMP], lp, want_grad, 0) || !like_logps(&t[ENT], lp, want_grad, 1))
         Py_RETURN_NONE;
     PyObject *aux = dtype == GRPO_F64 ? reg[R_F64] : reg[R_F32];
-    Py_ssize_t adv_cols = row_cols(&t[ADV], aux, B, T, grad_enabled);
-    Py_ssize_t isr_cols = t[ISR].obj ? row_cols(&t[ISR], aux, B, T, grad_enabled) : 0;
+    Py_ssize_t adv_cols = row_cols(&t[ADV], aux, B, T, want_grad);
+    Py_ssize_t isr_cols = t[ISR].obj ? row_cols(&t[ISR], aux, B, T, want_grad) : 0;
     if (adv_cols == 0 || (t[ISR].obj && isr_cols == 0)) Py_RETURN_NONE;
     const gs_tensor *mask = &t[MASK];
     if (mask->ndim != 2 || mask->shape[0] != B || mask->shape[1] != T ||

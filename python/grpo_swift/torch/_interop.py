@@ -75,7 +75,6 @@ TORCH_REGISTRY = (
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.empty, torch.strided,
     "dtype", "is_cpu", "shape", "is_contiguous", "data_ptr", "requires_grad", "is_neg", "layout",
-    "dtype",
 )
 
 

@@ -554,6 +554,7 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
     if not isinstance(config, LossConfig):
         raise TypeError(f"{fn}(): argument 'config' must be a grpo_swift.LossConfig, got {type(config).__name__}")
     n_items = _items_override(num_items_in_batch, fn)
+    native = None  # the C config tuple of an eager call, made once
     if compute_grad is True and not torch.compiler.is_compiling():
         # The C fast path: the same checks and kernel call on the tensors' storage, ~10x less Python
         # per call. It declines (None) anything it would not pass through untouched, and the code
@@ -627,7 +628,8 @@ def loss_with_config(per_token_logps: torch.Tensor, advantages: torch.Tensor, co
         return loss, {k: values[_METRIC_INDEX[k]] for k in _metric_names(config, ref is not None, ent is not None)}
     # Eager: the same kernel without the dispatcher (a custom op call costs more Python than the
     # kernel takes at small sizes), through _EagerPolicyLoss when autograd needs the gradient.
-    native = _eager_native(config, n_items, fn)
+    if native is None:
+        native = _eager_native(config, n_items, fn)
     mask_buf = _mask_u8(mask, fn)
     if need:
         with_h = config.entropy_coef != 0.0
