@@ -79,7 +79,9 @@ extension FusedLinearLoss {
         /// maps every row of a GEMM panel to the same cache sets).
         let ld: Int
         let chunks: Int
-        let chunksPerGroup: Int
+        /// Backward groups: group g holds chunks [g chunks / groups, (g + 1) chunks / groups), so
+        /// group sizes differ by at most one chunk (equal shares of the GEMM work for the workers;
+        /// ceil-sized groups left the last one short: 10 x 7 + 5 chunks at V = 151936).
         let groups: Int
         /// Floats of scratch per block row: logits, 3 statistics per chunk, the target's logit,
         /// and (groups - 1) partial grad_hidden rows.
@@ -87,6 +89,8 @@ extension FusedLinearLoss {
         var scratchFloats: Int { maxRows * floatsPerRow }
 
         func sequences(ofBlock k: Int, batch: Int) -> Range<Int> { (k * batch / blocks)..<((k + 1) * batch / blocks) }
+
+        func chunks(ofGroup g: Int) -> Range<Int> { (g * chunks / groups)..<((g + 1) * chunks / groups) }
     }
 
     /// The 3-GEMM blocking, or nil when the schedule does not apply (bfloat16, a global entropy
@@ -96,9 +100,7 @@ extension FusedLinearLoss {
         guard isFloat, config.topEntropyQuantile >= 1, batch >= 1, length >= 1, vocab >= 1, hiddenSize >= 1,
               budget > 0 else { return nil }
         let chunks = (vocab + gemmCols - 1) / gemmCols
-        let groups0 = Swift.min(backwardGroups, chunks)
-        let chunksPerGroup = (chunks + groups0 - 1) / groups0
-        let groups = (chunks + chunksPerGroup - 1) / chunksPerGroup
+        let groups = Swift.min(backwardGroups, chunks)
         let (ld, o0) = vocab.addingReportingOverflow(ldPad)
         let (partials, o1) = (groups - 1).multipliedReportingOverflow(by: hiddenSize)
         let (a, o2) = ld.addingReportingOverflow(3 * chunks + 1)  // chunks <= vocab / 1024 + 1: no overflow
@@ -110,7 +112,7 @@ extension FusedLinearLoss {
         let blocks = (batch + maxSeqs - 1) / maxSeqs
         let seqs = (batch + blocks - 1) / blocks  // the largest of the balanced blocks, <= maxSeqs
         return ResidentPlan(blocks: blocks, maxRows: seqs * length, ld: ld, chunks: chunks,
-                            chunksPerGroup: chunksPerGroup, groups: groups, floatsPerRow: floatsPerRow)
+                            groups: groups, floatsPerRow: floatsPerRow)
     }
 
     /// Slice of per-row or per-token values for sequences [s0, s0 + ns).
@@ -236,7 +238,8 @@ extension FusedLinearLoss {
             let gwClean = gwp == nil ? nil : GradWeightGEMM.cleanedBlock(rows: nr, hidden: hBlock, H: H) { r in
                 targets[r] < 0 || gp[r0 + r] == 0 && (!withEntropy || gHp[r0 + r] == 0)
             }
-            try Parallel.forEachChunk(count: chunks, chunkSize: rp.chunksPerGroup) { gi, group in
+            try Parallel.forEachChunk(count: rp.groups, chunkSize: 1) { gi, _ in
+                let group = rp.chunks(ofGroup: gi)
                 let (tile, stats, _, partials, _, entp, lsep, gp, gHp) = state.value
                 let (ghp, gwp, gbp) = outs.value
                 let g0 = group.lowerBound * gemmCols, gn = Swift.min(group.upperBound * gemmCols, V) - g0

@@ -105,4 +105,22 @@ struct FusedLinearLossResidentTests {
                                              budget: rp.floatsPerRow * 4 * 128 - 1, config: LossConfig(),
                                              isFloat: true) == nil)
     }
+
+    @Test("backward groups cover every vocabulary chunk once, in order, with sizes within one chunk")
+    func backwardGroups() throws {
+        // V = 151936 (Qwen2.5): 75 chunks in 8 groups of 9 or 10 (ceil-sized groups gave 10 x 7 + 5,
+        // so on 2 workers one did 40 chunks of GEMMs while the other did 35).
+        for vocab in [100, 2048, 3 * 2048 + 100, 32768, 151936, 152064, 17 * 2048] {
+            let rp = try #require(FusedLinearLoss.residentPlan(batch: 2, length: 4, hiddenSize: 8, vocab: vocab,
+                                                               budget: Int.max / 2, config: LossConfig(),
+                                                               isFloat: true))
+            #expect(rp.chunks == (vocab + FusedLinearLoss.gemmCols - 1) / FusedLinearLoss.gemmCols)
+            #expect(rp.groups == Swift.min(FusedLinearLoss.backwardGroups, rp.chunks))
+            let ranges = (0..<rp.groups).map { rp.chunks(ofGroup: $0) }
+            #expect(ranges.first?.lowerBound == 0 && ranges.last?.upperBound == rp.chunks)
+            #expect(zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound })
+            let sizes = ranges.map(\.count)
+            #expect(sizes.min()! >= 1 && sizes.max()! - sizes.min()! <= 1, "vocab \(vocab): \(sizes)")
+        }
+    }
 }
